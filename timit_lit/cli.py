@@ -1,0 +1,123 @@
+"""The command line: ``python -m timit_lit {fit,validate,test,predict} --config ...``.
+
+LightningCLI builds every option from the signatures of :class:`TimitDataModule`,
+:class:`PhoneClassifier` and the Trainer. On top of it this module adds what every run of
+this task needs whatever the config says: the best-``val/acc`` checkpoint plus
+``last.ckpt``, the CSV writer for ``predict``, the input width and class count linked
+from the data into the model, and one-line errors for bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from timit_lit.data import DataError, TimitDataModule
+from timit_lit.model import PhoneClassifier
+from timit_lit.prediction import CsvPredictionWriter
+
+# ckpt_path values that Lightning resolves itself rather than reading a file.
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+class TimitCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Forced callbacks: a config that lists trainer.callbacks cannot drop them.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "epoch={epoch:02d}-val_acc={val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,  # "val/acc" holds a "/"
+            }
+        )
+        # last.ckpt after every epoch, for resuming. Not `save_last` above: since Lightning
+        # 2.6 that only copies the best checkpoint whenever a new best is saved.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.add_lightning_class_args(CsvPredictionWriter, "prediction")
+        parser.link_arguments("data.input_dim", "model.input_dim", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Lightning reads the checkpoint's hyperparameters right after parsing: check the file first.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            _check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if config.data.val_ratio == 0 and config.checkpoint.monitor == "val/acc":
+            # No validation: keep the latest epoch rather than wait for a metric that never comes.
+            config.checkpoint.monitor = None
+            config.checkpoint.filename = "epoch={epoch:02d}"
+
+    def _check_checkpoint_fits(self) -> None:
+        """A checkpoint from another network or data width gets a clear error, not a state_dict dump."""
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+        for name, tensor in self.model.state_dict().items():
+            if name not in saved or saved[name].shape != tensor.shape:
+                found = tuple(saved[name].shape) if name in saved else "missing"
+                raise DataError(
+                    f"{path}: checkpoint does not fit this model and data: {name} is {found} in the checkpoint, "
+                    f"{tuple(tensor.shape)} here (data: {self.datamodule.input_dim} features, "
+                    f"{self.datamodule.num_classes} classes)"
+                )
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint_fits
+
+
+def _check_checkpoint_file(path) -> None:
+    if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
+        return
+    if not Path(path).is_file():
+        raise DataError(f"{path}: checkpoint file not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise DataError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise DataError(f"{path}: not a Lightning checkpoint (no state_dict)")
+
+
+def _quiet_known_warnings() -> None:
+    """Silence warnings that are noise for this project, each for a stated reason."""
+    # jsonargparse >= 4.50 deprecations triggered inside Lightning's own CLI code, not ours.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="jsonargparse")
+    warnings.filterwarnings("ignore", message=".*jsonargparse.*", category=DeprecationWarning)
+    # Batches are slices of a memory map read in the main process: workers do not help.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # Lightning 2.6 calls a torch pytree API that torch >= 2.10 deprecates.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``python -m timit_lit`` and ``timit-lit``; ``args`` for tests."""
+    _quiet_known_warnings()
+    try:
+        TimitCLI(
+            PhoneClassifier,
+            TimitDataModule,
+            args=args,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+        )
+    except DataError as error:
+        print(f"timit_lit: error: {' '.join(str(error).split())}", file=sys.stderr)
+        raise SystemExit(2) from None

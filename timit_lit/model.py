@@ -1,0 +1,86 @@
+"""The phone classifier: the course notebook's MLP wrapped as a LightningModule."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+
+
+def mlp(input_dim: int, hidden_sizes: tuple[int, ...], num_classes: int, activation: str) -> nn.Sequential:
+    """Linear layers with an activation between them and none on the output (logits).
+
+    With the defaults this is the notebook's ``Classifier``: 429-1024-512-128-39 with
+    sigmoids, its linear layers created in the same order, so the same seed gives the
+    same initial weights.
+    """
+    layers: list[nn.Module] = []
+    widths = [input_dim, *hidden_sizes]
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+    layers.append(nn.Linear(widths[-1], num_classes))
+    return nn.Sequential(*layers)
+
+
+class PhoneClassifier(pl.LightningModule):
+    """Framewise phone classification: cross-entropy, Adam, accuracy from torchmetrics.
+
+    Args:
+        input_dim: features per row (linked from the data by the CLI).
+        num_classes: phone classes (linked from the data by the CLI).
+        hidden_sizes: widths of the hidden layers.
+        activation: non-linearity between layers.
+        lr: Adam learning rate.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 429,
+        num_classes: int = 39,
+        hidden_sizes: tuple[int, ...] = (1024, 512, 128),
+        activation: Literal["sigmoid", "relu"] = "sigmoid",
+        lr: float = 1e-4,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = mlp(input_dim, tuple(hidden_sizes), num_classes, activation)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str) -> torch.Tensor:
+        """Loss and accuracy of one batch, logged as epoch averages under ``stage/``."""
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        accuracy.update(logits, y)
+        # Epoch-level only: per-step logging would cost time on every step.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, self.train_acc, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_acc, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_acc, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns each row's id in the file and its predicted class."""
+        x, row_ids = batch
+        return row_ids, self(x).argmax(dim=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

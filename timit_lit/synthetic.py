@@ -1,0 +1,179 @@
+"""A TIMIT-shaped synthetic data set, for the demo and the tests.
+
+The course's ``timit_11`` files cannot be redistributed, so the project makes its own
+files of the same shape and layout: utterances of phones drawn from a Markov chain,
+each phone lasting several frames, 13 smooth "cepstral" features per frame with
+deltas and delta-deltas (39 dims), spliced +-5 frames with edge padding inside each
+utterance (429 dims), standardised, labels saved as strings '0'..'38'. Consecutive rows
+of one utterance share 10 of their 11 frames, exactly as in the real files.
+
+    python -m timit_lit.synthetic OUT_DIR --train-utterances 4000 --test-utterances 1400
+
+Everything is deterministic in ``seed``; utterance ``i`` is the same whatever the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+NUM_PHONES = 39
+SILENCE = 38
+STATIC_DIMS = 13
+FRAME_DIMS = 3 * STATIC_DIMS  # static + delta + delta-delta
+CONTEXT = 5  # frames either side of the centre
+ROW_DIMS = FRAME_DIMS * (2 * CONTEXT + 1)  # 429
+FILE_NAMES = ("train_11.npy", "train_label_11.npy", "test_11.npy", "test_label_11.npy")
+
+
+@dataclass(frozen=True)
+class _Language:
+    """What all utterances share: phone sounds, durations and which phone follows which."""
+
+    means: np.ndarray  # (39, 13) target spectrum of each phone
+    mean_frames: np.ndarray  # (39,) average duration of each phone, in frames
+    transitions: np.ndarray  # (39, 39) next-phone probabilities, no self loops
+
+
+def _language(seed: int) -> _Language:
+    rng = np.random.default_rng([seed, 7919])
+    means = rng.normal(0.0, 1.0, (NUM_PHONES, STATIC_DIMS))
+    means[SILENCE] *= 0.3  # silence: close to the mean spectrum
+    mean_frames = rng.uniform(3.0, 12.0, NUM_PHONES)
+    transitions = rng.dirichlet(np.full(NUM_PHONES, 0.3), size=NUM_PHONES)
+    np.fill_diagonal(transitions, 0.0)
+    transitions /= transitions.sum(axis=1, keepdims=True)
+    return _Language(means, mean_frames, transitions)
+
+
+def _phone_frames(lang: _Language, rng: np.random.Generator, min_phones: int, max_phones: int) -> np.ndarray:
+    """The frame labels of one utterance: a phone sequence, each phone repeated for its duration."""
+    n_phones = int(rng.integers(min_phones, max_phones + 1))
+    phones = [int(rng.integers(NUM_PHONES))]
+    for _ in range(n_phones - 1):
+        phones.append(int(rng.choice(NUM_PHONES, p=lang.transitions[phones[-1]])))
+    phones = np.array(phones)
+    durations = 1 + rng.poisson(lang.mean_frames[phones] - 1.0)
+    return np.repeat(phones, durations)
+
+
+def _smooth(x: np.ndarray) -> np.ndarray:
+    """A 5-tap moving average along time (coarticulation: frames blend into their neighbours)."""
+    padded = np.pad(x, ((2, 2), (0, 0)), mode="edge")
+    weights = (0.1, 0.2, 0.4, 0.2, 0.1)
+    return sum(w * padded[k : k + len(x)] for k, w in enumerate(weights))
+
+
+def _deltas(x: np.ndarray) -> np.ndarray:
+    """HTK/Kaldi-style regression deltas over +-2 frames, as in the course features."""
+    padded = np.pad(x, ((2, 2), (0, 0)), mode="edge")
+    t = len(x)
+    return (padded[3 : 3 + t] - padded[1 : 1 + t] + 2 * (padded[4 : 4 + t] - padded[0:t])) / 10.0
+
+
+def _frames(lang: _Language, labels: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """39-dim frames (static, delta, delta-delta) of one utterance with the given frame labels."""
+    speaker = rng.normal(0.0, 0.3, STATIC_DIMS)
+    static = _smooth(lang.means[labels])
+    static += noise * (_smooth(rng.normal(0.0, 1.0, static.shape)) + 0.5 * rng.normal(0.0, 1.0, static.shape))
+    static += speaker
+    delta = _deltas(static)
+    return np.hstack([static, delta, _deltas(delta)])
+
+
+def splice(frames: np.ndarray, context: int = CONTEXT) -> np.ndarray:
+    """Rows of ``2*context+1`` consecutive frames, repeating the edge frames of the utterance."""
+    padded = np.pad(frames, ((context, context), (0, 0)), mode="edge")
+    return np.hstack([padded[k : k + len(frames)] for k in range(2 * context + 1)])
+
+
+def _split_labels(lang, seed, split, count, min_phones, max_phones):
+    return [
+        _phone_frames(lang, np.random.default_rng([seed, split, i, 0]), min_phones, max_phones) for i in range(count)
+    ]
+
+
+def _save_atomically(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def write_synthetic_timit(
+    out_dir: str | os.PathLike,
+    train_utterances: int = 300,
+    test_utterances: int = 60,
+    seed: int = 0,
+    dtype: str = "float32",
+    noise: float = 2.0,
+    test_labels: bool = True,
+    min_phones: int = 8,
+    max_phones: int = 40,
+) -> dict[str, list[int]]:
+    """Write ``train_11.npy``, ``train_label_11.npy``, ``test_11.npy`` (and ``test_label_11.npy``).
+
+    Returns the number of rows of each utterance, per split, in file order. Each file is
+    written under a temporary name and renamed, so an interrupted run leaves no half file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lang = _language(seed)
+    splits = {
+        "train": _split_labels(lang, seed, 0, train_utterances, min_phones, max_phones),
+        "test": _split_labels(lang, seed, 1, test_utterances, min_phones, max_phones),
+    }
+    # Standardise with statistics of (at most) the first 200 training utterances.
+    sample = [_frames(lang, lab, np.random.default_rng([seed, 0, i, 1]), noise) for i, lab in enumerate(splits["train"][:200])]
+    sample = np.concatenate(sample) if sample else np.zeros((1, FRAME_DIMS))
+    mean, std = sample.mean(0), sample.std(0) + 1e-5
+
+    for split_id, (split, utterance_labels) in enumerate(splits.items()):
+        n_rows = sum(len(lab) for lab in utterance_labels)
+        final = out / f"{split}_11.npy"
+        tmp = final.with_name(f".{final.name}.tmp")
+        features = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, ROW_DIMS))
+        row = 0
+        for i, lab in enumerate(utterance_labels):
+            frames = (_frames(lang, lab, np.random.default_rng([seed, split_id, i, 1]), noise) - mean) / std
+            features[row : row + len(lab)] = splice(frames)
+            row += len(lab)
+        features.flush()
+        del features
+        os.replace(tmp, final)
+        if split == "train" or test_labels:
+            labels = np.concatenate(utterance_labels) if utterance_labels else np.zeros(0, int)
+            _save_atomically(out / f"{split}_label_11.npy", labels.astype("<U2"))
+    return {split: [len(lab) for lab in labs] for split, labs in splits.items()}
+
+
+def has_timit_files(data_dir: str | os.PathLike) -> bool:
+    """True when ``data_dir`` holds the three course files (test labels are optional)."""
+    return all((Path(data_dir) / name).is_file() for name in FILE_NAMES[:3])
+
+
+def main(args: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m timit_lit.synthetic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out_dir", help="folder to write the .npy files into")
+    parser.add_argument("--train-utterances", type=int, default=300, help="training utterances (~190 rows each)")
+    parser.add_argument("--test-utterances", type=int, default=60, help="test utterances")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--noise", type=float, default=2.0, help="feature noise; higher is harder")
+    parser.add_argument("--no-test-labels", action="store_true", help="leave out test_label_11.npy, as the course does")
+    a = parser.parse_args(args)
+    lengths = write_synthetic_timit(
+        a.out_dir, a.train_utterances, a.test_utterances, a.seed, a.dtype, a.noise, not a.no_test_labels
+    )
+    for split, lens in lengths.items():
+        print(f"{split}: {len(lens)} utterances, {sum(lens)} rows")
+
+
+if __name__ == "__main__":
+    main()
