@@ -98,20 +98,19 @@ def _check_checkpoint_file(path) -> None:
 
 def _quiet_known_warnings() -> None:
     """Silence warnings that are noise for this project, each for a stated reason."""
-    # jsonargparse >= 4.50 deprecations triggered inside Lightning's own CLI code, not ours.
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="jsonargparse")
-    warnings.filterwarnings("ignore", message=".*jsonargparse.*", category=DeprecationWarning)
+    # jsonargparse >= 4.49 deprecations of calls in Lightning's own CLI code, not ours.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
     # Batches are slices of a memory map read in the main process: workers do not help.
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     # Lightning 2.6 calls a torch pytree API that torch >= 2.10 deprecates.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> TimitCLI:
     """Entry point of ``python -m timit_lit`` and ``timit-lit``; ``args`` for tests."""
     _quiet_known_warnings()
     try:
-        TimitCLI(
+        return TimitCLI(
             PhoneClassifier,
             TimitDataModule,
             args=args,

@@ -1,0 +1,127 @@
+"""The command line end to end: fit -> checkpoints -> validate -> test -> predict -> CSV."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import BASELINE, FAST, REPO, run_in
+from timit_lit.model import PhoneClassifier
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir)).Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_fit_leaves_checkpoints_config_and_curves(trained_run):
+    names = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    assert len(names) == 2 and "last.ckpt" in names
+    best = next(n for n in names if n != "last.ckpt")
+    assert re.fullmatch(r"epoch=0[01]-val_acc=0\.\d{4}\.ckpt", best)
+    # One value per epoch for each curve; the best checkpoint holds the best val/acc.
+    curves = scalars(trained_run)
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert len(curves[tag]) == 2, tag
+    assert float(best[-11:-5]) == pytest.approx(max(curves["val/acc"]), abs=1e-4)
+    # last.ckpt is the last epoch, not a copy of the best one.
+    assert torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    # The saved config reproduces the run: the baseline's settings with the data's dimensions.
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["seed_everything"] == 0 and config["trainer"]["max_epochs"] == 2
+    assert config["model"]["hidden_sizes"] == [1024, 512, 128] and config["model"]["activation"] == "sigmoid"
+    hparams = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]
+    assert hparams["input_dim"] == 429 and hparams["num_classes"] == 39
+
+
+def test_validate_and_test_report_accuracy(tiny_data, best_checkpoint, tmp_path):
+    common = ["--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(best_checkpoint)]
+    val = run_in(tmp_path, "validate", *common).trainer.callback_metrics
+    assert float(val["val/acc"]) == pytest.approx(float(best_checkpoint.stem[-6:]), abs=1e-4)
+    test = run_in(tmp_path, "test", *common).trainer.callback_metrics
+    # Accuracy on the labelled test rows, recomputed here from the checkpoint's weights.
+    model = PhoneClassifier.load_from_checkpoint(best_checkpoint)
+    x = torch.from_numpy(np.load(tiny_data / "test_11.npy"))
+    y = torch.from_numpy(np.load(tiny_data / "test_label_11.npy").astype(np.int64))
+    with torch.no_grad():
+        expected = (model(x).argmax(1) == y).float().mean()
+    assert float(test["test/acc"]) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_predict_writes_the_kaggle_csv(tiny_data, best_checkpoint, tmp_path):
+    out = tmp_path / "sub" / "my_prediction.csv"
+    run_in(tmp_path, "predict", "--config", BASELINE, "--data.data_dir", str(tiny_data),
+           "--ckpt_path", str(best_checkpoint), "--prediction.output_path", str(out))
+    text = out.read_text()
+    lines = text.split("\n")
+    assert lines[0] == "Id,Class" and text.endswith("\n") and " " not in text and "\r" not in text
+    rows = [line.split(",") for line in lines[1:-1]]
+    n = len(np.load(tiny_data / "test_11.npy", mmap_mode="r"))
+    assert [int(r[0]) for r in rows] == list(range(n))
+    # The classes are the model's argmax, row by row.
+    model = PhoneClassifier.load_from_checkpoint(best_checkpoint)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(np.load(tiny_data / "test_11.npy"))).argmax(1).tolist()
+    assert [int(r[1]) for r in rows] == expected
+    assert not list(tmp_path.glob("sub/.*tmp*")), "no temporary file is left behind"
+
+
+def test_default_output_is_prediction_csv(tiny_data, best_checkpoint, tmp_path):
+    run_in(tmp_path, "predict", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(best_checkpoint))
+    assert (tmp_path / "prediction.csv").read_text().startswith("Id,Class\n0,")
+
+
+def test_print_config_round_trip(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "fit", "--config", BASELINE, "--data.batch_size", "32", "--print_config")
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    config = yaml.safe_load(printed)
+    assert config["data"]["batch_size"] == 32 and config["checkpoint"]["monitor"] == "val/acc"
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed)
+    # The printed config runs as it is, and prints back the same.
+    with pytest.raises(SystemExit):
+        run_in(tmp_path, "fit", "--config", str(saved), "--print_config")
+    again = capsys.readouterr().out
+    assert yaml.safe_load(again) == {**config, "trainer": {**config["trainer"], "enable_progress_bar": False, "enable_model_summary": False}}
+    cli = run_in(tmp_path, "fit", "--config", str(saved), "--data.data_dir", str(tiny_data), "--trainer.fast_dev_run", "true")
+    assert cli.datamodule.batch_size == 32
+
+
+def test_val_ratio_zero_keeps_the_last_epoch(tiny_data, tmp_path):
+    run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--data.val_ratio", "0",
+           *FAST, "--trainer.max_epochs", "2")
+    checkpoints = sorted(p.name for p in (tmp_path / "lightning_logs/version_0/checkpoints").iterdir())
+    assert checkpoints == ["epoch=01.ckpt", "last.ckpt"]
+    assert "val/acc" not in scalars(tmp_path / "lightning_logs/version_0")
+
+
+def test_resume_from_last_checkpoint(tiny_data, trained_run, tmp_path):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    cli = run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST,
+                 "--trainer.max_epochs", "3", "--ckpt_path", str(last))
+    steps_per_epoch = torch.load(last, weights_only=False)["global_step"] // 2
+    assert cli.trainer.current_epoch == 3 and cli.trainer.global_step == 3 * steps_per_epoch
+    assert len(scalars(tmp_path / "lightning_logs/version_0")["val/acc"]) == 1  # only the third epoch ran
+
+
+def test_demo_config_learns(tmp_path):
+    """The README's first command, shortened to one epoch on a smaller generated set."""
+    from timit_lit.synthetic import write_synthetic_timit
+
+    write_synthetic_timit(tmp_path / "demo_timit_11", train_utterances=100, test_utterances=10)
+    cli = run_in(tmp_path, "fit", "--config", str(REPO / "configs/demo.yaml"), "--trainer.max_epochs", "2")
+    assert float(cli.trainer.callback_metrics["val/acc"]) > 0.3  # 39 classes: chance is below 0.1
+
+
+@pytest.mark.slow
+def test_demo_config_as_in_the_readme(tmp_path):
+    cli = run_in(tmp_path, "fit", "--config", str(REPO / "configs/demo.yaml"))
+    assert float(cli.trainer.callback_metrics["val/acc"]) > 0.5
+    run_in(tmp_path, "predict", "--config", str(REPO / "configs/demo.yaml"),
+           "--ckpt_path", str(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"))
+    assert (tmp_path / "demo_prediction.csv").read_text().startswith("Id,Class\n0,")

@@ -1,0 +1,108 @@
+"""The data module: split, order, label parsing, dtypes, batching."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from timit_lit.data import DataError, FrameDataset, TimitDataModule
+
+
+def copy_data(src, dst, **replace):
+    """A copy of the tiny data set with some files replaced by the given arrays."""
+    shutil.copytree(src, dst)
+    for name, array in replace.items():
+        np.save(dst / f"{name}.npy", array)
+    return dst
+
+
+def test_contiguous_split_as_in_the_notebook(tiny_data):
+    features = np.load(tiny_data / "train_11.npy")
+    labels = np.load(tiny_data / "train_label_11.npy").astype(int)
+    dm = TimitDataModule(str(tiny_data), val_ratio=0.2)
+    dm.setup("fit")
+    n_train = int(len(features) * 0.8)
+    assert len(dm._loaded["train"]) == n_train and len(dm._loaded["val"]) == len(features) - n_train
+    # The first 80% of rows train, the rest validate, in file order.
+    x, y = dm._loaded["train"].__getitems__([0, n_train - 1])
+    assert torch.equal(x, torch.from_numpy(features[[0, n_train - 1]])) and y.tolist() == labels[[0, n_train - 1]].tolist()
+    x, y = dm._loaded["val"].__getitems__([0])
+    assert torch.equal(x[0], torch.from_numpy(features[n_train])) and y.item() == labels[n_train]
+    # Validation batches walk the rows in order.
+    batches = list(dm.val_dataloader())
+    assert torch.equal(torch.cat([b[1] for b in batches]), torch.from_numpy(labels[n_train:]))
+
+
+def test_dimensions_come_from_the_data(tiny_data, tmp_path):
+    narrow = np.load(tiny_data / "train_11.npy")[:, :39].copy()
+    data = copy_data(tiny_data, tmp_path / "d", train_11=narrow, test_11=np.zeros((3, 39), np.float32))
+    assert TimitDataModule(str(data)).input_dim == 39
+    assert TimitDataModule(str(tiny_data)).input_dim == 429
+
+
+def test_val_ratio_zero_trains_on_everything(tiny_data):
+    dm = TimitDataModule(str(tiny_data), val_ratio=0.0)
+    dm.setup("fit")
+    assert len(dm._loaded["train"]) == len(np.load(tiny_data / "train_11.npy"))
+    assert dm.val_dataloader() == []
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [lambda s: s, lambda s: s.astype(np.int64), lambda s: s.astype(np.int32), lambda s: s.astype(np.float64)],
+    ids=["strings", "int64", "int32", "float"],
+)
+def test_labels_as_strings_or_numbers(tiny_data, tmp_path, labels):
+    strings = np.load(tiny_data / "train_label_11.npy")
+    data = copy_data(tiny_data, tmp_path / "d", train_label_11=labels(strings))
+    dm = TimitDataModule(str(data))
+    dm.setup("fit")
+    assert dm._loaded["train"].labels.dtype == np.int64
+    assert np.array_equal(dm._loaded["train"].labels, strings.astype(np.int64))
+
+
+def test_float64_features_are_served_as_float32(tiny_data, tmp_path):
+    features = np.load(tiny_data / "train_11.npy")
+    data = copy_data(tiny_data, tmp_path / "d", train_11=features.astype(np.float64))
+    dm = TimitDataModule(str(data))
+    dm.setup("fit")
+    assert isinstance(dm._loaded["train"].features, np.memmap)  # mapped, not loaded
+    x, _ = next(iter(dm.val_dataloader()))
+    assert x.dtype == torch.float32
+    n_train = int(len(features) * 0.8)
+    assert torch.equal(x, torch.from_numpy(features[n_train : n_train + len(x)]))
+
+
+def test_a_batch_is_one_read_and_equals_row_by_row(tiny_data):
+    features = np.load(tiny_data / "test_11.npy")
+    dataset = FrameDataset(np.load(tiny_data / "test_11.npy", mmap_mode="r"), None, start=10, stop=50)
+    x, rows = dataset.__getitems__([5, 0, 39])
+    assert rows.tolist() == [15, 10, 49]  # without labels, items carry their row id in the file
+    assert torch.equal(x, torch.from_numpy(features[[15, 10, 49]]))
+    assert torch.equal(dataset[5][0], x[0])
+    assert len(dataset) == 40
+
+
+def test_train_loader_shuffles_whole_batches(tiny_data):
+    dm = TimitDataModule(str(tiny_data), batch_size=64)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert all(len(b[0]) == 64 for b in batches[:-1])
+    assert sum(len(b[1]) for b in batches) == len(dm._loaded["train"])
+    assert not torch.equal(batches[0][1], torch.from_numpy(dm._loaded["train"].labels[:64]))
+
+
+def test_synthetic_option_writes_the_demo_data_once(tmp_path):
+    target = tmp_path / "demo"
+    dm = TimitDataModule(str(target), synthetic=True)
+    assert dm.input_dim == 429 and (target / "test_label_11.npy").exists()
+    stamp = (target / "train_11.npy").stat().st_mtime_ns
+    TimitDataModule(str(target), synthetic=True)
+    assert (target / "train_11.npy").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
+def test_val_ratio_must_be_in_unit_interval(tiny_data, ratio):
+    with pytest.raises(DataError, match=r"val_ratio must be in \[0, 1\)"):
+        TimitDataModule(str(tiny_data), val_ratio=ratio)

@@ -1,0 +1,39 @@
+"""DDP on CPU, as real separate processes (`python -m timit_lit ... --trainer.strategy ddp`)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import BASELINE, QUIET, run_in
+
+DDP2 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+
+
+def timit_lit(cwd, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "timit_lit", *args, *QUIET], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_predict_on_two_processes_writes_the_same_bytes(tiny_data, best_checkpoint, tmp_path):
+    n_rows = len(np.load(tiny_data / "test_11.npy", mmap_mode="r"))
+    assert n_rows % 2 == 1  # an odd count: one process gets one row more, none is padded in
+    common = ["--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(best_checkpoint),
+              "--data.eval_batch_size", "100"]
+    run_in(tmp_path, "predict", *common, "--prediction.output_path", str(tmp_path / "one.csv"))
+    timit_lit(tmp_path, "predict", *common, *DDP2, "--prediction.output_path", str(tmp_path / "two.csv"))
+    one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
+    assert two.count(b"\n") == n_rows + 1
+    assert one == two
+
+
+def test_fit_on_two_processes(tiny_data, tmp_path):
+    timit_lit(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *DDP2,
+              "--trainer.max_epochs", "1", "--data.batch_size", "128")
+    checkpoints = sorted(p.name for p in (tmp_path / "lightning_logs/version_0/checkpoints").iterdir())
+    assert len(checkpoints) == 2 and checkpoints[0].startswith("epoch=00-val_acc=")
+    assert not (tmp_path / "lightning_logs/version_1").exists(), "rank 1 must not start a run folder of its own"

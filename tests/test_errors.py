@@ -1,0 +1,147 @@
+"""Bad input: one line naming the file and the problem, a non-zero exit, nothing lost."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BASELINE, REPO, run_in
+from test_data import copy_data
+
+
+def fails_with(workdir, capsys, *args):
+    """Run the CLI, expect exit 2, return the error line (asserting it is the only one)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(workdir, *args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("timit_lit: error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    return errors[0]
+
+
+def broken(tiny_data, tmp_path, **replace):
+    return copy_data(tiny_data, tmp_path / "data", **replace)
+
+
+def nan_at_row_7(tiny_data):
+    features = np.load(tiny_data / "train_11.npy")
+    features[7, 100] = np.nan
+    return features
+
+
+def inf_at_row_3(tiny_data):
+    features = np.load(tiny_data / "test_11.npy").astype(np.float64)
+    features[3, 0] = np.inf
+    return features
+
+
+CASES = {
+    # id: (files to replace, subcommand, words the message must hold)
+    "train features missing": (dict(train_11=None), "fit", ["train_11.npy", "file not found"]),
+    "labels missing": (dict(train_label_11=None), "fit", ["train_label_11.npy", "file not found"]),
+    "not npy": (dict(train_11=b"not an array"), "fit", ["train_11.npy", "not a readable .npy file"]),
+    "features 3-D": (dict(train_11=np.zeros((4, 3, 143), np.float32)), "fit", ["train_11.npy", "must be 2-D"]),
+    "features not float": (dict(train_11=np.zeros((4, 429), np.int64)), "fit", ["train_11.npy", "floating point"]),
+    "widths differ": (dict(test_11=np.zeros((5, 428), np.float32)), "predict", ["test_11.npy", "428 features", "429"]),
+    "label count": (dict(train_label_11=np.array(["1", "2"])), "fit", ["train_label_11.npy", "2 labels for"]),
+    "label not integer": (dict(train_label_11="a at 5"), "fit", ["train_label_11.npy", "'a'", "row 5", "not an integer"]),
+    "label fractional": (dict(train_label_11="1.5 at 2"), "fit", ["train_label_11.npy", "1.5", "row 2"]),
+    "label too big": (dict(train_label_11="39 at 4"), "fit", ["train_label_11.npy", "label 39 at row 4", "0..38"]),
+    "label negative": (dict(train_label_11="-1 at 0"), "fit", ["train_label_11.npy", "label -1 at row 0"]),
+    "labels 2-D": (dict(train_label_11="2-D"), "fit", ["train_label_11.npy", "must be 1-D"]),
+    "nan": (dict(train_11=nan_at_row_7), "fit", ["train_11.npy", "row 7", "NaN or inf"]),
+    "inf": (dict(test_11=inf_at_row_3), "predict", ["test_11.npy", "row 3", "NaN or inf"]),
+    "no test labels": (dict(test_label_11=None), "test", ["test_label_11.npy", "use `predict`"]),
+}
+
+
+def make_labels(tiny_data, spec):
+    labels = np.load(tiny_data / "train_label_11.npy")
+    if spec == "2-D":
+        return labels.reshape(-1, 1)
+    value, _, row = spec.split()
+    if value == "1.5":
+        labels = labels.astype(np.float64)
+    labels[int(row)] = float(value) if value == "1.5" else value
+    return labels
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_data_gives_one_clear_line(case, tiny_data, best_checkpoint, tmp_path, capsys):
+    replace, subcommand, words = CASES[case]
+    data = copy_data(tiny_data, tmp_path / "data")
+    for name, value in replace.items():
+        path = data / f"{name}.npy"
+        if value is None:
+            path.unlink()
+        elif isinstance(value, bytes):
+            path.write_bytes(value)
+        else:
+            array = value(tiny_data) if callable(value) else make_labels(tiny_data, value) if isinstance(value, str) else value
+            np.save(path, array)
+    args = [subcommand, "--config", BASELINE, "--data.data_dir", str(data), "--trainer.max_epochs", "1"]
+    if subcommand != "fit":
+        args += ["--ckpt_path", str(best_checkpoint)]
+    line = fails_with(tmp_path, capsys, *args)
+    for word in words:
+        assert word in line, line
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    line = fails_with(tmp_path, capsys, "fit", "--config", BASELINE, "--data.data_dir", str(tmp_path / "nowhere"))
+    assert "nowhere: data folder not found" in line
+
+
+def test_val_ratio_out_of_range(tiny_data, tmp_path, capsys):
+    line = fails_with(tmp_path, capsys, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--data.val_ratio", "1")
+    assert "val_ratio must be in [0, 1)" in line
+
+
+def test_checkpoint_missing(tiny_data, tmp_path, capsys):
+    line = fails_with(tmp_path, capsys, "predict", "--config", BASELINE, "--data.data_dir", str(tiny_data),
+                      "--ckpt_path", str(tmp_path / "gone.ckpt"))
+    assert "gone.ckpt: checkpoint file not found" in line
+
+
+def test_checkpoint_unreadable(tiny_data, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00garbage" * 100)
+    line = fails_with(tmp_path, capsys, "test", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(bad))
+    assert "bad.ckpt: not a readable checkpoint" in line
+
+
+def test_checkpoint_that_is_not_lightnings(tiny_data, tmp_path, capsys):
+    other = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    line = fails_with(tmp_path, capsys, "test", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(other))
+    assert "weights.pt: not a Lightning checkpoint" in line
+
+
+def test_checkpoint_from_other_data_width(tiny_data, best_checkpoint, tmp_path, capsys):
+    narrow = copy_data(tiny_data, tmp_path / "narrow", test_11=np.load(tiny_data / "test_11.npy")[:, :39].copy())
+    (narrow / "train_11.npy").unlink()
+    line = fails_with(tmp_path, capsys, "predict", "--config", BASELINE, "--data.data_dir", str(narrow),
+                      "--ckpt_path", str(best_checkpoint))
+    assert best_checkpoint.name in line and "does not fit" in line and "39 features" in line
+
+
+def test_failed_predict_leaves_no_csv_and_keeps_the_old_one(tiny_data, best_checkpoint, tmp_path, capsys):
+    data = copy_data(tiny_data, tmp_path / "data", test_11=inf_at_row_3(tiny_data))
+    old = tmp_path / "prediction.csv"
+    old.write_text("Id,Class\n0,1\n")
+    fails_with(tmp_path, capsys, "predict", "--config", BASELINE, "--data.data_dir", str(data), "--ckpt_path", str(best_checkpoint))
+    assert old.read_text() == "Id,Class\n0,1\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if "csv" in p.name) == ["prediction.csv"]
+
+
+def test_real_process_exits_non_zero_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "timit_lit", "fit", "--config", BASELINE, "--data.data_dir", str(tmp_path / "missing")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("timit_lit: error: ")
+    assert "Traceback" not in result.stderr
