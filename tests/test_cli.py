@@ -1,6 +1,9 @@
 """The command line end to end: fit -> checkpoints -> validate -> test -> predict -> CSV."""
 
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,7 +46,7 @@ def test_validate_and_test_report_accuracy(tiny_data, best_checkpoint, tmp_path)
     assert float(val["val/acc"]) == pytest.approx(float(best_checkpoint.stem[-6:]), abs=1e-4)
     test = run_in(tmp_path, "test", *common).trainer.callback_metrics
     # Accuracy on the labelled test rows, recomputed here from the checkpoint's weights.
-    model = PhoneClassifier.load_from_checkpoint(best_checkpoint)
+    model = PhoneClassifier.load_from_checkpoint(best_checkpoint, map_location="cpu")
     x = torch.from_numpy(np.load(tiny_data / "test_11.npy"))
     y = torch.from_numpy(np.load(tiny_data / "test_label_11.npy").astype(np.int64))
     with torch.no_grad():
@@ -62,7 +65,7 @@ def test_predict_writes_the_kaggle_csv(tiny_data, best_checkpoint, tmp_path):
     n = len(np.load(tiny_data / "test_11.npy", mmap_mode="r"))
     assert [int(r[0]) for r in rows] == list(range(n))
     # The classes are the model's argmax, row by row.
-    model = PhoneClassifier.load_from_checkpoint(best_checkpoint)
+    model = PhoneClassifier.load_from_checkpoint(best_checkpoint, map_location="cpu")
     with torch.no_grad():
         expected = model(torch.from_numpy(np.load(tiny_data / "test_11.npy"))).argmax(1).tolist()
     assert [int(r[1]) for r in rows] == expected
@@ -125,3 +128,12 @@ def test_demo_config_as_in_the_readme(tmp_path):
     run_in(tmp_path, "predict", "--config", str(REPO / "configs/demo.yaml"),
            "--ckpt_path", str(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"))
     assert (tmp_path / "demo_prediction.csv").read_text().startswith("Id,Class\n0,")
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "timit_lit"], ["timit-lit"]], ids=["python -m", "script"])
+def test_help_lists_the_subcommands(command):
+    if command == ["timit-lit"] and shutil.which("timit-lit") is None:
+        pytest.skip("the timit-lit script is not installed (pip install -e .)")
+    out = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, check=True).stdout
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert re.search(rf"^\s+{subcommand}\s", out, re.MULTILINE), subcommand

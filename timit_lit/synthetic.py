@@ -98,7 +98,7 @@ def _split_labels(lang, seed, split, count, min_phones, max_phones):
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # per process: DDP ranks may race here
     with open(tmp, "wb") as f:
         np.save(f, array)
     os.replace(tmp, path)
@@ -135,7 +135,7 @@ def write_synthetic_timit(
     for split_id, (split, utterance_labels) in enumerate(splits.items()):
         n_rows = sum(len(lab) for lab in utterance_labels)
         final = out / f"{split}_11.npy"
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         features = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, ROW_DIMS))
         row = 0
         for i, lab in enumerate(utterance_labels):
