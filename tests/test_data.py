@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from timit_lit.data import DataError, FrameDataset, TimitDataModule
+from timit_lit.data import InputError, FrameDataset, TimitDataModule
 
 
 def copy_data(src, dst, **replace):
@@ -104,5 +104,5 @@ def test_synthetic_option_writes_the_demo_data_once(tmp_path):
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
 def test_val_ratio_must_be_in_unit_interval(tiny_data, ratio):
-    with pytest.raises(DataError, match=r"val_ratio must be in \[0, 1\)"):
+    with pytest.raises(InputError, match=r"val_ratio must be in \[0, 1\)"):
         TimitDataModule(str(tiny_data), val_ratio=ratio)

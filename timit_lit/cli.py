@@ -12,12 +12,13 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from timit_lit.data import DataError, TimitDataModule
+from timit_lit.data import InputError, TimitDataModule
 from timit_lit.model import PhoneClassifier
 from timit_lit.prediction import CsvPredictionWriter
 
@@ -55,8 +56,7 @@ class TimitCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # Lightning reads the checkpoint's hyperparameters right after parsing: check the file first.
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            _check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+        self._checkpoint = _read_checkpoint(self.config[subcommand].get("ckpt_path")) if subcommand else None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -67,14 +67,13 @@ class TimitCLI(LightningCLI):
 
     def _check_checkpoint_fits(self) -> None:
         """A checkpoint from another network or data width gets a clear error, not a state_dict dump."""
-        path = self.config_init[self.subcommand].get("ckpt_path")
-        if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
+        if self._checkpoint is None:
             return
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+        path, saved = self._checkpoint
         for name, tensor in self.model.state_dict().items():
             if name not in saved or saved[name].shape != tensor.shape:
                 found = tuple(saved[name].shape) if name in saved else "missing"
-                raise DataError(
+                raise InputError(
                     f"{path}: checkpoint does not fit this model and data: {name} is {found} in the checkpoint, "
                     f"{tuple(tensor.shape)} here (data: {self.datamodule.input_dim} features, "
                     f"{self.datamodule.num_classes} classes)"
@@ -83,17 +82,20 @@ class TimitCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_checkpoint_fits
 
 
-def _check_checkpoint_file(path) -> None:
+def _read_checkpoint(path) -> Optional[tuple[str, dict]]:
+    """The path and (memory-mapped) state_dict of a checkpoint file; None for Lightning's
+    special values such as ``last``, which it resolves itself."""
     if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
-        return
+        return None
     if not Path(path).is_file():
-        raise DataError(f"{path}: checkpoint file not found")
+        raise InputError(f"{path}: checkpoint file not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
-        raise DataError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+        raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise DataError(f"{path}: not a Lightning checkpoint (no state_dict)")
+        raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return str(path), checkpoint["state_dict"]
 
 
 def _quiet_known_warnings() -> None:
@@ -117,6 +119,6 @@ def main(args: list[str] | None = None) -> TimitCLI:
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
         )
-    except DataError as error:
+    except InputError as error:
         print(f"timit_lit: error: {' '.join(str(error).split())}", file=sys.stderr)
         raise SystemExit(2) from None

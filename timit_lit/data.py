@@ -2,7 +2,7 @@
 
 The course's feature files are 2-4 GB, so they are memory-mapped, never copied: a batch
 reads its rows straight from the map (and converts float64 to float32 then). Each file is
-checked once, on first use, and any problem raises :class:`DataError` with a message that
+checked once, on first use, and any problem raises :class:`InputError` with a message that
 names the file and what is wrong.
 """
 
@@ -24,24 +24,24 @@ TEST_FEATURES = "test_11.npy"
 TEST_LABELS = "test_label_11.npy"
 
 
-class DataError(ValueError):
+class InputError(ValueError):
     """Bad input: the message names the file and the problem; the CLI prints it on one line."""
 
 
 def open_features(path: Path) -> np.ndarray:
     """Memory-map a 2-D float feature file (header only; rows are read on demand)."""
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected a rows x features .npy array)")
+        raise InputError(f"{path}: file not found (expected a rows x features .npy array)")
     try:
         features = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as error:  # numpy raises several types for a file that is not .npy
-        raise DataError(f"{path}: not a readable .npy file ({error})") from error
+        raise InputError(f"{path}: not a readable .npy file ({error})") from error
     if features.ndim != 2:
-        raise DataError(f"{path}: features must be 2-D (rows x features), got shape {features.shape}")
+        raise InputError(f"{path}: features must be 2-D (rows x features), got shape {features.shape}")
     if not np.issubdtype(features.dtype, np.floating):
-        raise DataError(f"{path}: features must be floating point, got dtype {features.dtype}")
+        raise InputError(f"{path}: features must be floating point, got dtype {features.dtype}")
     if len(features) == 0:
-        raise DataError(f"{path}: holds no rows")
+        raise InputError(f"{path}: holds no rows")
     return features
 
 
@@ -51,41 +51,41 @@ def check_finite(path: Path, features: np.ndarray, chunk_rows: int = 1 << 16) ->
         finite = np.isfinite(features[start : start + chunk_rows]).all(axis=1)
         if not finite.all():
             row = start + int(np.argmin(finite))
-            raise DataError(f"{path}: row {row} holds NaN or inf")
+            raise InputError(f"{path}: row {row} holds NaN or inf")
 
 
 def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) -> np.ndarray:
     """Read labels (strings like '12' as in the course files, or integers) as int64, checked."""
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected the labels of {features_path.name})")
+        raise InputError(f"{path}: file not found (expected the labels of {features_path.name})")
     try:
         raw = np.load(path, allow_pickle=False)
     except Exception as error:
-        raise DataError(f"{path}: not a readable .npy file ({error})") from error
+        raise InputError(f"{path}: not a readable .npy file ({error})") from error
     if raw.ndim != 1:
-        raise DataError(f"{path}: labels must be 1-D, got shape {raw.shape}")
+        raise InputError(f"{path}: labels must be 1-D, got shape {raw.shape}")
     if len(raw) != n_rows:
-        raise DataError(f"{path}: {len(raw)} labels for {n_rows} feature rows in {features_path.name}")
+        raise InputError(f"{path}: {len(raw)} labels for {n_rows} feature rows in {features_path.name}")
     if raw.dtype.kind in "US":
         try:
             labels = raw.astype(np.int64)
         except ValueError:
             bad = next(i for i, v in enumerate(raw) if not str(v).strip().lstrip("+-").isdigit())
-            raise DataError(f"{path}: label {raw[bad]!r} at row {bad} is not an integer") from None
+            raise InputError(f"{path}: label {raw[bad]!r} at row {bad} is not an integer") from None
     elif raw.dtype.kind in "iu":
         labels = raw.astype(np.int64)
     elif raw.dtype.kind == "f":
         integral = np.isfinite(raw) & (raw == np.round(raw))
         if not integral.all():
             bad = int(np.argmin(integral))
-            raise DataError(f"{path}: label {raw[bad]} at row {bad} is not an integer")
+            raise InputError(f"{path}: label {raw[bad]} at row {bad} is not an integer")
         labels = raw.astype(np.int64)
     else:
-        raise DataError(f"{path}: labels must be integers or strings of integers, got dtype {raw.dtype}")
+        raise InputError(f"{path}: labels must be integers or strings of integers, got dtype {raw.dtype}")
     outside = (labels < 0) | (labels >= num_classes)
     if outside.any():
         bad = int(np.argmax(outside))
-        raise DataError(f"{path}: label {labels[bad]} at row {bad} is outside 0..{num_classes - 1}")
+        raise InputError(f"{path}: label {labels[bad]} at row {bad} is outside 0..{num_classes - 1}")
     return labels
 
 
@@ -151,7 +151,7 @@ class TimitDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if not 0.0 <= val_ratio < 1.0:
-            raise DataError(f"val_ratio must be in [0, 1), got {val_ratio}")
+            raise InputError(f"val_ratio must be in [0, 1), got {val_ratio}")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -162,10 +162,10 @@ class TimitDataModule(pl.LightningDataModule):
             write_synthetic_timit(self.data_dir)
         # The model's input width comes from the data; reading an .npy header is cheap.
         if not self.data_dir.is_dir():
-            raise DataError(f"{self.data_dir}: data folder not found (expected {TRAIN_FEATURES}, {TRAIN_LABELS}, {TEST_FEATURES})")
+            raise InputError(f"{self.data_dir}: data folder not found (expected {TRAIN_FEATURES}, {TRAIN_LABELS}, {TEST_FEATURES})")
         first = next((self.data_dir / n for n in (TRAIN_FEATURES, TEST_FEATURES) if (self.data_dir / n).exists()), None)
         if first is None:
-            raise DataError(f"{self.data_dir}: neither {TRAIN_FEATURES} nor {TEST_FEATURES} is there")
+            raise InputError(f"{self.data_dir}: neither {TRAIN_FEATURES} nor {TEST_FEATURES} is there")
         self.input_dim = int(open_features(first).shape[1])
         self._loaded: dict[str, FrameDataset] = {}
 
@@ -173,7 +173,7 @@ class TimitDataModule(pl.LightningDataModule):
         path = self.data_dir / name
         features = open_features(path)
         if features.shape[1] != self.input_dim:
-            raise DataError(
+            raise InputError(
                 f"{path}: rows have {features.shape[1]} features, but the data's width is {self.input_dim} "
                 f"(train and test files must match)"
             )
@@ -193,7 +193,7 @@ class TimitDataModule(pl.LightningDataModule):
             self._loaded["val"] = FrameDataset(whole.features, whole.labels, n_train, len(whole))
         if stage == "test" and "test" not in self._loaded:
             if not (self.data_dir / TEST_LABELS).is_file():
-                raise DataError(
+                raise InputError(
                     f"{self.data_dir / TEST_LABELS}: file not found; `test` needs the labels of {TEST_FEATURES} "
                     f"(the course gives none: use `predict` to write the Kaggle CSV)"
                 )
