@@ -180,24 +180,24 @@ class TimitDataModule(pl.LightningDataModule):
         check_finite(path, features)
         return features
 
-    def _labelled(self, features_name: str, labels_name: str) -> FrameDataset:
+    def _labelled(self, features_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
         features = self._features(features_name)
         labels = load_labels(self.data_dir / labels_name, len(features), self.num_classes, self.data_dir / features_name)
-        return FrameDataset(features, labels)
+        return features, labels
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self._loaded:
-            whole = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)
-            n_train = int(len(whole) * (1 - self.val_ratio))  # the notebook's rounding
-            self._loaded["train"] = FrameDataset(whole.features, whole.labels, 0, n_train)
-            self._loaded["val"] = FrameDataset(whole.features, whole.labels, n_train, len(whole))
+            features, labels = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)
+            n_train = int(len(features) * (1 - self.val_ratio))  # the notebook's rounding
+            self._loaded["train"] = FrameDataset(features, labels, 0, n_train)
+            self._loaded["val"] = FrameDataset(features, labels, n_train, len(features))
         if stage == "test" and "test" not in self._loaded:
             if not (self.data_dir / TEST_LABELS).is_file():
                 raise InputError(
                     f"{self.data_dir / TEST_LABELS}: file not found; `test` needs the labels of {TEST_FEATURES} "
                     f"(the course gives none: use `predict` to write the Kaggle CSV)"
                 )
-            self._loaded["test"] = self._labelled(TEST_FEATURES, TEST_LABELS)
+            self._loaded["test"] = FrameDataset(*self._labelled(TEST_FEATURES, TEST_LABELS))
         if stage == "predict" and "predict" not in self._loaded:
             self._loaded["predict"] = FrameDataset(self._features(TEST_FEATURES), None)
 
