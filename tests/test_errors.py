@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASELINE, REPO, run_in
+from conftest import BASELINE, run_in
 from test_data import copy_data
 
 
@@ -22,10 +22,6 @@ def fails_with(workdir, capsys, *args):
     return errors[0]
 
 
-def broken(tiny_data, tmp_path, **replace):
-    return copy_data(tiny_data, tmp_path / "data", **replace)
-
-
 def nan_at_row_7(tiny_data):
     features = np.load(tiny_data / "train_11.npy")
     features[7, 100] = np.nan
@@ -38,6 +34,22 @@ def inf_at_row_3(tiny_data):
     return features
 
 
+def labels_with(row, value, dtype=None):
+    """The training labels with one value changed (cast to ``dtype`` first)."""
+
+    def make(tiny_data):
+        labels = np.load(tiny_data / "train_label_11.npy")
+        labels = labels if dtype is None else labels.astype(dtype)
+        labels[row] = value
+        return labels
+
+    return make
+
+
+def labels_2d(tiny_data):
+    return np.load(tiny_data / "train_label_11.npy").reshape(-1, 1)
+
+
 CASES = {
     # id: (files to replace, subcommand, words the message must hold)
     "train features missing": (dict(train_11=None), "fit", ["train_11.npy", "file not found"]),
@@ -47,26 +59,15 @@ CASES = {
     "features not float": (dict(train_11=np.zeros((4, 429), np.int64)), "fit", ["train_11.npy", "floating point"]),
     "widths differ": (dict(test_11=np.zeros((5, 428), np.float32)), "predict", ["test_11.npy", "428 features", "429"]),
     "label count": (dict(train_label_11=np.array(["1", "2"])), "fit", ["train_label_11.npy", "2 labels for"]),
-    "label not integer": (dict(train_label_11="a at 5"), "fit", ["train_label_11.npy", "'a'", "row 5", "not an integer"]),
-    "label fractional": (dict(train_label_11="1.5 at 2"), "fit", ["train_label_11.npy", "1.5", "row 2"]),
-    "label too big": (dict(train_label_11="39 at 4"), "fit", ["train_label_11.npy", "label 39 at row 4", "0..38"]),
-    "label negative": (dict(train_label_11="-1 at 0"), "fit", ["train_label_11.npy", "label -1 at row 0"]),
-    "labels 2-D": (dict(train_label_11="2-D"), "fit", ["train_label_11.npy", "must be 1-D"]),
+    "label not integer": (dict(train_label_11=labels_with(5, "a")), "fit", ["train_label_11.npy", "'a'", "row 5", "not an integer"]),
+    "label fractional": (dict(train_label_11=labels_with(2, 1.5, np.float64)), "fit", ["train_label_11.npy", "1.5", "row 2"]),
+    "label too big": (dict(train_label_11=labels_with(4, "39")), "fit", ["train_label_11.npy", "label 39 at row 4", "0..38"]),
+    "label negative": (dict(train_label_11=labels_with(0, "-1")), "fit", ["train_label_11.npy", "label -1 at row 0"]),
+    "labels 2-D": (dict(train_label_11=labels_2d), "fit", ["train_label_11.npy", "must be 1-D"]),
     "nan": (dict(train_11=nan_at_row_7), "fit", ["train_11.npy", "row 7", "NaN or inf"]),
     "inf": (dict(test_11=inf_at_row_3), "predict", ["test_11.npy", "row 3", "NaN or inf"]),
     "no test labels": (dict(test_label_11=None), "test", ["test_label_11.npy", "use `predict`"]),
 }
-
-
-def make_labels(tiny_data, spec):
-    labels = np.load(tiny_data / "train_label_11.npy")
-    if spec == "2-D":
-        return labels.reshape(-1, 1)
-    value, _, row = spec.split()
-    if value == "1.5":
-        labels = labels.astype(np.float64)
-    labels[int(row)] = float(value) if value == "1.5" else value
-    return labels
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
@@ -80,8 +81,7 @@ def test_bad_data_gives_one_clear_line(case, tiny_data, best_checkpoint, tmp_pat
         elif isinstance(value, bytes):
             path.write_bytes(value)
         else:
-            array = value(tiny_data) if callable(value) else make_labels(tiny_data, value) if isinstance(value, str) else value
-            np.save(path, array)
+            np.save(path, value(tiny_data) if callable(value) else value)
     args = [subcommand, "--config", BASELINE, "--data.data_dir", str(data), "--trainer.max_epochs", "1"]
     if subcommand != "fit":
         args += ["--ckpt_path", str(best_checkpoint)]
