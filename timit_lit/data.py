@@ -16,6 +16,7 @@ from typing import Optional
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytorch_lightning as pl
@@ -318,10 +319,12 @@ class TimitDataModule(pl.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         on_device = self.features_on_device
         if on_device and file not in self._on_device:  # (on a CPU this keeps the memory map as it is)
-            self._on_device[file] = (
-                torch.from_numpy(features).to(device),
-                torch.from_numpy(labels).to(device) if labels is not None else None,
-            )
+            with warnings.catch_warnings():  # the map is read-only, and so are the tensors read from it
+                warnings.filterwarnings("ignore", message=".*not writable.*")
+                self._on_device[file] = (
+                    torch.from_numpy(features).to(device),
+                    torch.from_numpy(labels).to(device) if labels is not None else None,
+                )
         return FrameDataset(features, labels, start, stop, ids_only=on_device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
