@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from timit_lit.cli import TimitCLI
+from timit_lit.cli import TimitCLI, _quiet_known_warnings
 from timit_lit.data import TimitDataModule
 from timit_lit.model import PhoneClassifier, mlp
 
@@ -141,12 +141,15 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         _sync(pl_module.device)
-        self._start = time.perf_counter()
+        self._start, self._rows = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        batches = batch if isinstance(batch, list) else [batch]  # steps_per_call > 1: a list of batches
+        self._rows += sum(len(y) for _, y in batches)
 
     def on_train_epoch_end(self, trainer, pl_module):
         _sync(pl_module.device)
-        rows = trainer.num_training_batches * trainer.datamodule.batch_size * trainer.datamodule.steps_per_call
-        self.epochs.append((time.perf_counter() - self._start, rows))
+        self.epochs.append((time.perf_counter() - self._start, self._rows))
 
 
 def timit_lit_fit(data_dir: Path, device, batch_size: int, steps: int, epochs: int, options: list[str]) -> float:
@@ -164,7 +167,7 @@ def timit_lit_fit(data_dir: Path, device, batch_size: int, steps: int, epochs: i
                 "--data.data_dir", str(data_dir),
                 "--data.batch_size", str(batch_size),
                 "--trainer.max_epochs", str(epochs),
-                "--trainer.limit_train_batches", str(steps // steps_per_call),
+                "--trainer.limit_train_batches", str(max(1, steps // steps_per_call)),
                 "--trainer.limit_val_batches", "0",
                 "--trainer.accelerator", device.type,
                 "--trainer.devices", "1",
@@ -298,6 +301,7 @@ def main() -> None:
     parser.add_argument("--tmp", default=None, help="folder for the course-sized files (needs ~12 GB)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
+    _quiet_known_warnings()
     args.variants = [("default", [])] + [(v.split("=", 1)[0], v.split("=", 1)[1].split()) for v in args.variant]
     device = torch.device(args.device)
     print(f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

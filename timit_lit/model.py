@@ -10,6 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from timit_lit.cuda_graph import GraphedTrainStep
+from timit_lit.data import InputError
+
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 
 
@@ -40,6 +43,9 @@ class PhoneClassifier(pl.LightningModule):
         steps_per_call: optimizer steps per Lightning training step (linked from the
             data, which then hands over a list of that many batches). Above 1 the model
             optimizes manually; the updates stay exactly those of 1.
+        cuda_graph: replay each full training step as a CUDA graph (one GPU, 32-bit
+            precision; see :mod:`timit_lit.cuda_graph`). Adam then runs with
+            ``capturable=True``, which rounds differently from the default in the last bits.
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class PhoneClassifier(pl.LightningModule):
         activation: Literal["sigmoid", "relu"] = "sigmoid",
         lr: float = 1e-4,
         steps_per_call: int = 1,
+        cuda_graph: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -59,7 +66,8 @@ class PhoneClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.automatic_optimization = steps_per_call == 1
+        self.automatic_optimization = steps_per_call == 1 and not cuda_graph
+        self._graphed_step: Optional[GraphedTrainStep] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -78,11 +86,14 @@ class PhoneClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Optional[torch.Tensor]:
         if self.automatic_optimization:
             return self._evaluate(batch, self.train_acc, "train")
-        # A list of batches: one Adam step on each, as Lightning's automatic optimization
-        # would take them (zero_grad, backward, step), then one log call for all of them.
+        batches = batch if isinstance(batch, list) else [batch]
+        if self.hparams.cuda_graph:
+            return self._graphed_training_step(batches)
+        # One Adam step on each batch, as Lightning's automatic optimization would take
+        # them (zero_grad, backward, step), then one log call for all of them.
         optimizer = self.optimizers()
         loss_sum, rows = 0.0, 0
-        for x, y in batch:
+        for x, y in batches:
             logits = self(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad()
@@ -93,6 +104,28 @@ class PhoneClassifier(pl.LightningModule):
         self.log("train/loss", loss_sum / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return None
+
+    def _graphed_training_step(self, batches) -> None:
+        if self._graphed_step is None:
+            optimizer = self.optimizers().optimizer  # the torch optimizer itself: the graph replays its kernels
+            self._graphed_step = GraphedTrainStep(self.net, optimizer, len(batches[0][0]), self.hparams.input_dim, self.device)
+        steps = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress  # keeps global_step right
+        for x, y in batches:
+            steps.increment_ready()
+            self._graphed_step(x, y)
+            steps.increment_completed()
+        loss_sum, correct = self._graphed_step.take_totals()
+        rows = sum(len(y) for _, y in batches)
+        self.log("train/loss", loss_sum / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
+        self.log("train/acc", correct / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
+
+    def on_fit_start(self) -> None:
+        trainer = self.trainer
+        if self.hparams.cuda_graph and (self.device.type != "cuda" or trainer.world_size > 1 or trainer.precision not in ("32-true", "32")):
+            raise InputError(
+                f"model.cuda_graph needs one CUDA device and 32-bit precision; this run has {self.device.type}, "
+                f"{trainer.world_size} process(es), precision {trainer.precision}"
+            )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_acc, "val")
@@ -106,4 +139,4 @@ class PhoneClassifier(pl.LightningModule):
         return row_ids, self(x).argmax(dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, capturable=self.hparams.cuda_graph)
