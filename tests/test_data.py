@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def test_float64_features_are_converted_once_and_again_when_the_source_changes(t
     copy_data(tiny_data, tmp_path / "d", train_11=features)
     converted = float32_features(source)
     cache = float32_cache_path(source)
-    assert converted.filename == str(cache.resolve()) and converted.dtype == np.float32
+    assert Path(converted.filename) == cache.resolve() and converted.dtype == np.float32
     assert np.array_equal(converted, features.astype(np.float32))  # exactly what .float() computes
     inode = cache.stat().st_ino
     float32_features(source)
