@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities import rank_zero_info
 
 from timit_lit.data import InputError
 from timit_lit.phones import PHONES
@@ -103,5 +104,7 @@ class CsvPredictionWriter(BasePredictionWriter):
         if self.with_phone:
             columns.append(np.asarray(PHONES)[columns[1]])
         write_csv_atomically(self.output_path, self.header, columns)
+        rank_zero_info(f"Wrote {len(ids):,} predictions to {self.output_path}")
         if posteriors is not None:
             write_atomically(self.posteriors_path, lambda f: np.save(f, posteriors[order]), mode="wb")
+            rank_zero_info(f"Wrote their posteriors ({posteriors.dtype}) to {self.posteriors_path}")
