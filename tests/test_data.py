@@ -1,12 +1,13 @@
 """The data module: split, order, label parsing, dtypes, batching."""
 
+import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from timit_lit.data import InputError, FrameDataset, TimitDataModule
+from timit_lit.data import FrameDataset, InputError, TimitDataModule, float32_cache_path, float32_features
 
 
 def copy_data(src, dst, **replace):
@@ -72,6 +73,30 @@ def test_float64_features_are_served_as_float32(tiny_data, tmp_path):
     assert x.dtype == torch.float32
     n_train = int(len(features) * 0.8)
     assert torch.equal(x, torch.from_numpy(features[n_train : n_train + len(x)]))
+
+
+def test_float64_features_are_converted_once_and_again_when_the_source_changes(tiny_data, tmp_path):
+    source = tmp_path / "d" / "train_11.npy"
+    features = np.random.default_rng(0).normal(size=(1000, 429))  # float64
+    copy_data(tiny_data, tmp_path / "d", train_11=features)
+    converted = float32_features(source)
+    cache = float32_cache_path(source)
+    assert converted.filename == str(cache.resolve()) and converted.dtype == np.float32
+    assert np.array_equal(converted, features.astype(np.float32))  # exactly what .float() computes
+    inode = cache.stat().st_ino
+    float32_features(source)
+    assert cache.stat().st_ino == inode  # reused, not rewritten
+
+    np.save(source, features * 2)  # a new source file (a new modification time)
+    os.utime(source, ns=(0, cache.stat().st_mtime_ns - 10**9))  # even one dated before the cache
+    assert np.array_equal(float32_features(source), (features * 2).astype(np.float32))
+
+
+def test_float32_cache_folder_can_be_chosen(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path / "d", test_11=np.load(tiny_data / "test_11.npy").astype(np.float64))
+    dm = TimitDataModule(str(data), cache_dir=str(tmp_path / "cache"))
+    dm.setup("predict")
+    assert (tmp_path / "cache" / "test_11.npy").is_file() and not (data / "float32_cache").exists()
 
 
 def test_a_batch_is_one_read_and_equals_row_by_row(tiny_data):

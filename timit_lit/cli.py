@@ -59,6 +59,7 @@ class TimitCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
         parser.add_lightning_class_args(EpochThroughput, "throughput")
         parser.add_lightning_class_args(ValidationFigures, "figures")
+        parser.link_arguments("data.steps_per_call", "model.steps_per_call")
         parser.link_arguments("data.input_dim", "model.input_dim", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
@@ -69,7 +70,7 @@ class TimitCLI(LightningCLI):
         self._checkpoint = _read_checkpoint(self.config[subcommand].get("ckpt_path")) if subcommand else None
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
         if config.data.val_ratio == 0 and config.checkpoint.monitor == "val/acc":
             # No validation: keep the latest epoch rather than wait for a metric that never comes.
             config.checkpoint.monitor = None
@@ -79,7 +80,7 @@ class TimitCLI(LightningCLI):
         """The default logger, as Lightning makes it (TensorBoard in ``default_root_dir``, the
         SLURM job id as version), but with ``default_hp_metric`` off: the HParams tab gets
         the run's best ``val/acc`` from :class:`RunConfig` instead of a placeholder."""
-        trainer = self.config_init[self.subcommand]["trainer"]
+        trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
         if trainer.get("logger") in (None, True) and not trainer.get("barebones"):
             save_dir = trainer.get("default_root_dir") or os.getcwd()
             kwargs.setdefault(
@@ -126,6 +127,8 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
     # Batches are slices of a memory map read in the main process: workers do not help.
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # Metrics are logged per epoch only, so Lightning's per-step logging interval does not apply.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     # Lightning 2.6 calls a torch pytree API that torch >= 2.10 deprecates.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 

@@ -1,15 +1,22 @@
 """Loading the HW2-1 ``timit_11`` files and splitting them for training.
 
 The course's feature files are 2-4 GB, so they are memory-mapped, never copied: a batch
-reads its rows straight from the map (and converts float64 to float32 then). Each file is
-checked once, on first use, and any problem raises :class:`InputError` with a message that
-names the file and what is wrong.
+reads its rows straight from the map. The network computes in float32; a float64 file is
+converted once, chunk by chunk, into a float32 cache file beside it, which is then mapped
+in its place (half the memory, and every process of a DDP run on one node shares the
+same pages). Each file is checked once, on first use, and any problem raises
+:class:`InputError` with a message that names the file and what is wrong.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
+
+import os
+import sys
+import time
+import warnings
 
 import numpy as np
 import pytorch_lightning as pl
@@ -45,13 +52,80 @@ def open_features(path: Path) -> np.ndarray:
     return features
 
 
-def check_finite(path: Path, features: np.ndarray, chunk_rows: int = 1 << 16) -> None:
-    """Scan the features chunk by chunk (no full copy) and name the first row with NaN or inf."""
-    for start in range(0, len(features), chunk_rows):
-        finite = np.isfinite(features[start : start + chunk_rows]).all(axis=1)
-        if not finite.all():
-            row = start + int(np.argmin(finite))
-            raise InputError(f"{path}: row {row} holds NaN or inf")
+def check_finite(path: Path, chunk: np.ndarray, first_row: int = 0) -> None:
+    """Name the first row of ``chunk`` (rows ``first_row...`` of ``path``) that holds NaN or inf."""
+    finite = np.isfinite(chunk).all(axis=1)
+    if not finite.all():
+        raise InputError(f"{path}: row {first_row + int(np.argmin(finite))} holds NaN or inf")
+
+
+def _chunks(n_rows: int, n_cols: int, chunk_bytes: int = 64 << 20):
+    """Row ranges of about ``chunk_bytes`` of float32 each."""
+    step = max(1, chunk_bytes // (4 * n_cols))
+    for start in range(0, n_rows, step):
+        yield start, min(start + step, n_rows)
+
+
+def _report(message: str) -> None:
+    """Progress of a long step, on stderr (once per node: callers run on local rank 0)."""
+    print(f"timit_lit: {message}", file=sys.stderr, flush=True)
+
+
+def float32_features(path: Path, cache_dir: Optional[Path] = None) -> np.ndarray:
+    """The features of ``path`` as a float32 memory map, checked for NaN and inf.
+
+    A float32 file is mapped as it is. A float64 file (the course's) is converted once,
+    64 MB at a time through ordinary reads (so the conversion never holds more than a
+    chunk in memory), into ``cache_dir/<name>``, written under a temporary name and
+    renamed when complete, and stamped with the source's modification time; later runs
+    map the cache while the stamp and shape still match the source.
+    float32 is what the notebook's ``torch.from_numpy(x).float()`` computed in too.
+    """
+    features = open_features(path)
+    if features.dtype == np.float32:
+        for start, stop in _chunks(*features.shape):
+            check_finite(path, features[start:stop], start)
+        return features
+    cache = float32_cache_path(path, cache_dir)
+    if cache.is_file() and cache.stat().st_mtime_ns == path.stat().st_mtime_ns:  # stamped below
+        cached = np.load(cache, mmap_mode="r")
+        if cached.shape == features.shape and cached.dtype == np.float32:
+            return cached
+    _convert_to_float32(path, features.shape, features.dtype, features.offset, cache)
+    return np.load(cache, mmap_mode="r")
+
+
+def float32_cache_path(path: Path, cache_dir: Optional[Path] = None) -> Path:
+    """Where the float32 copy of a float64 feature file is kept (default: ``float32_cache/`` beside it)."""
+    return Path(cache_dir or path.parent / "float32_cache") / path.name
+
+
+def _convert_to_float32(path: Path, shape: tuple[int, int], dtype: np.dtype, offset: int, cache: Path) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{cache.parent}: cannot create the float32 cache ({error}); set --data.cache_dir") from error
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")  # per process: nodes may race here
+    started, reported = time.monotonic(), 0
+    _report(f"converting {path} ({shape[0]:,} x {shape[1]} {dtype}) to float32 in {cache} (once)")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        with open(path, "rb") as source:
+            source.seek(offset)
+            for start, stop in _chunks(*shape):
+                chunk = np.fromfile(source, dtype=dtype, count=(stop - start) * shape[1]).reshape(-1, shape[1])
+                check_finite(path, chunk, start)
+                out[start:stop] = chunk
+                if stop * 10 // shape[0] > reported:  # every 10%
+                    reported = stop * 10 // shape[0]
+                    _report(f"  {path.name}: {10 * reported}% ({time.monotonic() - started:.0f} s)")
+        out.flush()
+        del out
+        source_stat = path.stat()
+        os.utime(tmp, ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns))  # ties the cache to this source
+        os.replace(tmp, cache)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) -> np.ndarray:
@@ -95,27 +169,39 @@ class FrameDataset(Dataset):
     ``__getitems__`` lets the DataLoader fetch a batch with one fancy-indexing read of the
     memory map instead of one call per row and a collate. Each item is ``(features,
     label)``, or ``(features, row id)`` when there are no labels, so that predictions made
-    on several processes can be put back in file order.
+    on several processes can be put back in file order. With ``ids_only`` it serves just
+    the row ids, for features that already sit on the accelerator (see
+    :meth:`TimitDataModule.on_after_batch_transfer`).
     """
 
-    def __init__(self, features: np.ndarray, labels: Optional[np.ndarray], start: int = 0, stop: Optional[int] = None):
+    def __init__(
+        self,
+        features: np.ndarray,
+        labels: Optional[np.ndarray],
+        start: int = 0,
+        stop: Optional[int] = None,
+        ids_only: bool = False,
+    ):
         self.features = features
         self.labels = labels
         self.start = start
         self.stop = len(features) if stop is None else stop
+        self.ids_only = ids_only
 
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.asarray(indices, dtype=np.int64) + self.start
-        x = torch.from_numpy(np.asarray(self.features[rows], dtype=np.float32))
-        y = torch.from_numpy(self.labels[rows] if self.labels is not None else rows)
+    def __getitems__(self, indices: list[int]):
+        rows = torch.as_tensor(indices, dtype=torch.int64) + self.start
+        if self.ids_only:
+            return rows
+        x = torch.from_numpy(self.features[rows.numpy()])
+        y = torch.from_numpy(self.labels[rows.numpy()]) if self.labels is not None else rows
         return x, y
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
+    def __getitem__(self, index: int):
+        batch = self.__getitems__([index])
+        return batch[0] if self.ids_only else (batch[0][0], batch[1][0])
 
 
 def keep_batch(batch):
@@ -129,7 +215,12 @@ class TimitDataModule(pl.LightningDataModule):
 
     Args:
         data_dir: folder holding the ``*_11.npy`` files.
-        batch_size: training batch size (per process under DDP).
+        batch_size: rows per optimizer step (per process under DDP).
+        steps_per_call: optimizer steps per Lightning training step. Each Lightning batch
+            holds ``steps_per_call`` consecutive batches of the same shuffled order, and
+            the model takes one Adam step on each, so the updates are exactly those of
+            ``steps_per_call: 1``, with Lightning's per-step overhead paid once per
+            ``steps_per_call`` steps (Keras calls this ``steps_per_execution``).
         eval_batch_size: batch size for validate, test and predict (no gradients are kept).
         val_ratio: the last ``val_ratio`` of the training rows validate, as in the
             notebook (rows are in time order, so the split is contiguous); 0 trains on
@@ -137,27 +228,41 @@ class TimitDataModule(pl.LightningDataModule):
         num_classes: number of phone classes; labels must lie in ``0..num_classes-1``.
         num_workers: DataLoader worker processes (0 reads batches in the main process).
         synthetic: if the files are missing, write a synthetic set there first (the demo).
+        cache_dir: where float64 feature files are converted to float32 once
+            (default: ``float32_cache/`` in ``data_dir``).
+        features_on_device: copy the features and labels to the accelerator once
+            (float32: 2.1 GB for the course's training set) and cut batches there, so
+            that only row ids cross to the device per step. On a CPU it changes
+            nothing but where batches are cut.
     """
 
     def __init__(
         self,
         data_dir: str = "timit_11",
         batch_size: int = 64,
+        steps_per_call: int = 1,
         eval_batch_size: int = 4096,
         val_ratio: float = 0.2,
         num_classes: int = 39,
         num_workers: int = 0,
         synthetic: bool = False,
+        cache_dir: Optional[str] = None,
+        features_on_device: bool = False,
     ):
         super().__init__()
         if not 0.0 <= val_ratio < 1.0:
             raise InputError(f"val_ratio must be in [0, 1), got {val_ratio}")
+        if batch_size < 1 or steps_per_call < 1 or eval_batch_size < 1:
+            raise InputError("batch_size, steps_per_call and eval_batch_size must be >= 1")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
+        self.steps_per_call = steps_per_call
         self.eval_batch_size = eval_batch_size
         self.val_ratio = val_ratio
         self.num_classes = num_classes
         self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.features_on_device = features_on_device
         if synthetic and not has_timit_files(self.data_dir):
             write_synthetic_timit(self.data_dir)
         # The model's input width comes from the data; reading an .npy header is cheap.
@@ -168,38 +273,72 @@ class TimitDataModule(pl.LightningDataModule):
             raise InputError(f"{self.data_dir}: neither {TRAIN_FEATURES} nor {TEST_FEATURES} is there")
         self.input_dim = int(open_features(first).shape[1])
         self._loaded: dict[str, FrameDataset] = {}
+        self._on_device: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
 
     def _features(self, name: str) -> np.ndarray:
         path = self.data_dir / name
-        features = open_features(path)
-        if features.shape[1] != self.input_dim:
+        width = open_features(path).shape[1]
+        if width != self.input_dim:
             raise InputError(
-                f"{path}: rows have {features.shape[1]} features, but the data's width is {self.input_dim} "
+                f"{path}: rows have {width} features, but the data's width is {self.input_dim} "
                 f"(train and test files must match)"
             )
-        check_finite(path, features)
-        return features
+        return float32_features(path, self.cache_dir)
 
     def _labelled(self, features_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
         features = self._features(features_name)
         labels = load_labels(self.data_dir / labels_name, len(features), self.num_classes, self.data_dir / features_name)
         return features, labels
 
+    def prepare_data(self) -> None:
+        """Convert float64 features to float32 once per node (Lightning runs this on local rank 0 only)."""
+        fn = self.trainer.state.fn if self.trainer else None
+        for name in (TRAIN_FEATURES,) if fn in ("fit", "validate") else (TEST_FEATURES,):
+            if (self.data_dir / name).is_file():
+                self._features(name)
+
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self._loaded:
             features, labels = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)
             n_train = int(len(features) * (1 - self.val_ratio))  # the notebook's rounding
-            self._loaded["train"] = FrameDataset(features, labels, 0, n_train)
-            self._loaded["val"] = FrameDataset(features, labels, n_train, len(features))
+            self._loaded["train"] = self._dataset("train", features, labels, 0, n_train)
+            self._loaded["val"] = self._dataset("train", features, labels, n_train, len(features))
         if stage == "test" and "test" not in self._loaded:
             if not (self.data_dir / TEST_LABELS).is_file():
                 raise InputError(
                     f"{self.data_dir / TEST_LABELS}: file not found; `test` needs the labels of {TEST_FEATURES} "
                     f"(the course gives none: use `predict` to write the Kaggle CSV)"
                 )
-            self._loaded["test"] = FrameDataset(*self._labelled(TEST_FEATURES, TEST_LABELS))
+            self._loaded["test"] = self._dataset("test", *self._labelled(TEST_FEATURES, TEST_LABELS))
         if stage == "predict" and "predict" not in self._loaded:
-            self._loaded["predict"] = FrameDataset(self._features(TEST_FEATURES), None)
+            self._loaded["predict"] = self._dataset("predict", self._features(TEST_FEATURES), None)
+
+    def _dataset(self, file: str, features: np.ndarray, labels: Optional[np.ndarray], start=0, stop=None) -> FrameDataset:
+        """A dataset over ``features``; with ``features_on_device`` on an accelerator, the
+        file is copied there once and the dataset serves row ids."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        on_device = self.features_on_device
+        if on_device and file not in self._on_device:  # (on a CPU this keeps the memory map as it is)
+            with warnings.catch_warnings():  # the map is read-only, and so are the tensors read from it
+                warnings.filterwarnings("ignore", message=".*not writable.*")
+                self._on_device[file] = (
+                    torch.from_numpy(features).to(device),
+                    torch.from_numpy(labels).to(device) if labels is not None else None,
+                )
+        return FrameDataset(features, labels, start, stop, ids_only=on_device)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """On the device: cut batches from the resident features, and split a training batch
+        into its ``steps_per_call`` optimizer batches."""
+        if self._on_device:
+            stage = self.trainer.state.stage
+            file = "test" if stage == "test" else "predict" if stage == "predict" else "train"
+            features, labels = self._on_device[file]
+            batch = (features[batch], labels[batch] if labels is not None else batch)
+        if self.steps_per_call > 1 and self.trainer.training:
+            x, y = batch
+            return list(zip(x.split(self.batch_size), y.split(self.batch_size)))
+        return batch
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         return DataLoader(
@@ -209,10 +348,13 @@ class TimitDataModule(pl.LightningDataModule):
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=any(f.is_cuda for f, _ in self._on_device.values()),  # ids cross without a host sync
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        # steps_per_call batches of the one shuffled order, back to back: the same batches,
+        # in the same order, as batch_size alone.
+        return self._loader("train", self.batch_size * self.steps_per_call, shuffle=True)
 
     def val_dataloader(self):
         if len(self._loaded["val"]) == 0:

@@ -78,7 +78,9 @@ class EpochThroughput(Callback):
         self._start, self._end, self._rows = time.perf_counter(), 0.0, 0
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        self._rows += batch[1].numel()  # the labels: one per row
+        # One (features, labels) batch, or a list of them with data.steps_per_call > 1.
+        batches = batch if isinstance(batch, list) else [batch]
+        self._rows += sum(labels.numel() for _, labels in batches)
         self._end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
