@@ -1,14 +1,17 @@
 """What a fit leaves in TensorBoard: learning rate, frames/s, validation figures, HParams, config.yaml."""
 
 import io
+from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import BASELINE, run_in
+from timit_lit import monitoring
 
 
 def events(run_dir):
@@ -75,3 +78,20 @@ def test_figures_can_be_turned_off_and_no_logger_is_fine(tiny_data, tmp_path):
     (tmp_path / "no_logger").mkdir()
     cli = run_in(tmp_path / "no_logger", "fit", *common, "--trainer.logger", "false")
     assert "val/acc" in cli.trainer.callback_metrics
+
+
+def test_throughput_counts_every_row_of_every_process(monkeypatch):
+    """frames/s = rows of all processes / seconds from the epoch's start to its last batch's end,
+    with a batch being one (features, labels) pair or a list of them (data.steps_per_call)."""
+    clock = iter([10.0, 11.0, 12.5])  # epoch start, end of batch 0, end of batch 1
+    monkeypatch.setattr(monitoring.time, "perf_counter", lambda: next(clock))
+    logged = {}
+    module = SimpleNamespace(log=lambda name, value, **kwargs: logged.update({name: value}))
+    trainer = SimpleNamespace(world_size=2)
+    x, y = torch.zeros(64, 429), torch.zeros(64, dtype=torch.long)
+    callback = monitoring.EpochThroughput()
+    callback.on_train_epoch_start(trainer, module)
+    callback.on_train_batch_end(trainer, module, None, (x, y), 0)
+    callback.on_train_batch_end(trainer, module, None, [(x, y), (x[:10], y[:10])], 1)
+    callback.on_train_epoch_end(trainer, module)
+    assert logged == {"train/frames_per_s": pytest.approx((64 + 64 + 10) * 2 / 2.5)}
