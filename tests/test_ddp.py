@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import BASELINE, QUIET, run_in
 
@@ -24,11 +25,16 @@ def test_predict_on_two_processes_writes_the_same_bytes(tiny_data, best_checkpoi
     assert n_rows % 2 == 1  # an odd count: one process gets one row more, none is padded in
     common = ["--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(best_checkpoint),
               "--data.eval_batch_size", "100"]
-    run_in(tmp_path, "predict", *common, "--prediction.output_path", str(tmp_path / "one.csv"))
-    timit_lit(tmp_path, "predict", *common, *DDP2, "--prediction.output_path", str(tmp_path / "two.csv"))
+    run_in(tmp_path, "predict", *common, "--prediction.output_path", str(tmp_path / "one.csv"),
+           "--prediction.posteriors_path", str(tmp_path / "one.npy"))
+    timit_lit(tmp_path, "predict", *common, *DDP2, "--prediction.output_path", str(tmp_path / "two.csv"),
+              "--prediction.posteriors_path", str(tmp_path / "two.npy"))
     one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
     assert two.count(b"\n") == n_rows + 1
     assert one == two
+    # The posteriors too are gathered by row id: the same array, row for row.
+    posteriors = np.load(tmp_path / "two.npy")
+    assert posteriors.shape == (n_rows, 39) and np.array_equal(posteriors, np.load(tmp_path / "one.npy"))
 
 
 def test_fit_on_two_processes(tiny_data, tmp_path):
@@ -37,3 +43,7 @@ def test_fit_on_two_processes(tiny_data, tmp_path):
     checkpoints = sorted(p.name for p in (tmp_path / "lightning_logs/version_0/checkpoints").iterdir())
     assert len(checkpoints) == 2 and checkpoints[0].startswith("epoch=00-val_acc=")
     assert not (tmp_path / "lightning_logs/version_1").exists(), "rank 1 must not start a run folder of its own"
+    # Rank 0 alone draws the figures, from the confusion counts of both processes.
+    events = EventAccumulator(str(tmp_path / "lightning_logs/version_0"), size_guidance={"images": 0}).Reload()
+    assert [len(events.Images(tag)) for tag in ("val/confusion", "val/phone_acc")] == [1, 1]
+    assert len(events.Scalars("hp/best_val_acc")) == 1

@@ -66,7 +66,9 @@ def test_a_training_step_lowers_the_loss():
     assert losses[-1] < losses[0]
 
 
-def test_predict_step_returns_row_ids_and_classes():
+def test_predict_step_returns_row_ids_classes_and_posteriors():
     model = PhoneClassifier()
-    rows, classes = model.predict_step((torch.randn(4, 429), torch.tensor([7, 8, 9, 10])), 0)
+    rows, classes, posteriors = model.predict_step((torch.randn(4, 429), torch.tensor([7, 8, 9, 10])), 0)
     assert rows.tolist() == [7, 8, 9, 10] and classes.shape == (4,) and classes.max() < 39
+    assert posteriors.shape == (4, 39) and torch.allclose(posteriors.sum(1), torch.ones(4))
+    assert torch.equal(posteriors.argmax(1), classes)

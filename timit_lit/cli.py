@@ -3,12 +3,14 @@
 LightningCLI builds every option from the signatures of :class:`TimitDataModule`,
 :class:`PhoneClassifier` and the Trainer. On top of it this module adds what every run of
 this task needs whatever the config says: the best-``val/acc`` checkpoint plus
-``last.ckpt``, the CSV writer for ``predict``, the input width and class count linked
-from the data into the model, and one-line errors for bad input.
+``last.ckpt``, the CSV writer for ``predict``, the TensorBoard extras of
+:mod:`timit_lit.monitoring`, the input width and class count linked from the data into
+the model, and one-line errors for bad input.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -17,9 +19,12 @@ from typing import Optional
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from timit_lit.data import InputError, TimitDataModule
 from timit_lit.model import PhoneClassifier
+from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.prediction import CsvPredictionWriter
 
 # ckpt_path values that Lightning resolves itself rather than reading a file.
@@ -49,6 +54,11 @@ class TimitCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(CsvPredictionWriter, "prediction")
+        # TensorBoard: learning rate, frames/s and validation figures (timit_lit.monitoring).
+        parser.add_lightning_class_args(EpochLearningRate, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
+        parser.add_lightning_class_args(EpochThroughput, "throughput")
+        parser.add_lightning_class_args(ValidationFigures, "figures")
         parser.link_arguments("data.steps_per_call", "model.steps_per_call")
         parser.link_arguments("data.input_dim", "model.input_dim", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -65,6 +75,18 @@ class TimitCLI(LightningCLI):
             # No validation: keep the latest epoch rather than wait for a metric that never comes.
             config.checkpoint.monitor = None
             config.checkpoint.filename = "epoch={epoch:02d}"
+
+    def instantiate_trainer(self, **kwargs):
+        """The default logger, as Lightning makes it (TensorBoard in ``default_root_dir``, the
+        SLURM job id as version), but with ``default_hp_metric`` off: the HParams tab gets
+        the run's best ``val/acc`` from :class:`RunConfig` instead of a placeholder."""
+        trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
+        if trainer.get("logger") in (None, True) and not trainer.get("barebones"):
+            save_dir = trainer.get("default_root_dir") or os.getcwd()
+            kwargs.setdefault(
+                "logger", TensorBoardLogger(save_dir, version=SLURMEnvironment.job_id(), default_hp_metric=False)
+            )
+        return super().instantiate_trainer(**kwargs)
 
     def _check_checkpoint_fits(self) -> None:
         """A checkpoint from another network or data width gets a clear error, not a state_dict dump."""
@@ -120,6 +142,7 @@ def main(args: list[str] | None = None) -> TimitCLI:
             TimitDataModule,
             args=args,
             seed_everything_default=0,
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
         )
     except InputError as error:

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from timit_lit.cuda_graph import GraphedTrainStep
 from timit_lit.data import InputError
@@ -68,6 +68,9 @@ class PhoneClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.automatic_optimization = steps_per_call == 1 and not cuda_graph
         self._graphed_step: Optional[GraphedTrainStep] = None
+        # Validation counts (true x predicted) for TensorBoard's figures (timit_lit.monitoring);
+        # they add up on the device, read once per epoch. Not part of the checkpoint.
+        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -78,6 +81,8 @@ class PhoneClassifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         accuracy.update(logits, y)
+        if stage == "val":
+            self.val_confusion.update(logits, y)
         # Epoch-level only: per-step logging would cost time on every step.
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
@@ -130,13 +135,17 @@ class PhoneClassifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_acc, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_confusion.reset()
+
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_acc, "test")
 
-    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns each row's id in the file and its predicted class."""
+    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns each row's id in the file, its predicted class and its class posteriors."""
         x, row_ids = batch
-        return row_ids, self(x).argmax(dim=1)
+        logits = self(x)
+        return row_ids, logits.argmax(dim=1), logits.softmax(dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.cuda_graph:  # graph-safe, and one fused kernel instead of ~20 per step
