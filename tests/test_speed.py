@@ -126,3 +126,10 @@ def test_no_device_sync_per_training_step_on_gpu(tiny_data, tmp_path, options):
         return sum("synchronizing" in str(w.message) for w in caught)
 
     assert syncs(6) == syncs(3)
+
+
+def test_steps_per_call_refuses_a_scheduler_it_would_not_step(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--data.steps_per_call", "4",
+               "--optimizer", "Adam", "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1")
+    assert "steps no learning-rate scheduler" in capsys.readouterr().err

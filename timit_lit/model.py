@@ -126,6 +126,11 @@ class PhoneClassifier(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         trainer = self.trainer
+        if not self.automatic_optimization and trainer.lr_scheduler_configs:
+            raise InputError(
+                "data.steps_per_call > 1 and model.cuda_graph step the optimizer themselves, and Lightning then "
+                "steps no learning-rate scheduler: use steps_per_call 1 with a scheduler"
+            )
         if self.hparams.cuda_graph and (self.device.type != "cuda" or trainer.world_size > 1 or trainer.precision not in ("32-true", "32")):
             raise InputError(
                 f"model.cuda_graph needs one CUDA device and 32-bit precision; this run has {self.device.type}, "
