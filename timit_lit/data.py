@@ -139,6 +139,10 @@ class TimitDataModule(pl.LightningDataModule):
         synthetic: if the files are missing, write a synthetic set there first (the demo).
     """
 
+    # Settings a trained model depends on: the CLI takes them from a checkpoint's
+    # ``datamodule_hyper_parameters`` whenever it is given one.
+    MODEL_DEFINING = ("num_classes",)
+
     def __init__(
         self,
         data_dir: str = "timit_11",
@@ -150,6 +154,7 @@ class TimitDataModule(pl.LightningDataModule):
         synthetic: bool = False,
     ):
         super().__init__()
+        self.save_hyperparameters()  # into checkpoints, for `predict --ckpt_path` without a config
         if not 0.0 <= val_ratio < 1.0:
             raise InputError(f"val_ratio must be in [0, 1), got {val_ratio}")
         self.data_dir = Path(data_dir)
