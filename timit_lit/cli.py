@@ -19,13 +19,14 @@ from typing import Optional
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError, TimitDataModule
 from timit_lit.model import PhoneClassifier
 from timit_lit.prediction import CsvPredictionWriter
-from timit_lit.resume import LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint, logger_version
+from timit_lit.resume import AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint, logger_version
 
 # ckpt_path values that Lightning resolves itself rather than reading a file.
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -104,6 +105,10 @@ class TimitCLI(LightningCLI):
             # No validation: keep the latest epoch rather than wait for a metric that never comes.
             config.checkpoint.monitor = None
             config.checkpoint.filename = "epoch={epoch:02d}"
+
+    def after_instantiate_classes(self) -> None:
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     def _check_checkpoint_fits(self) -> None:
         """A checkpoint from another network or data width gets a clear error, not a state_dict dump."""

@@ -8,6 +8,8 @@ Three pieces, used by the CLI:
 - :class:`LastCheckpoint`, the ``last.ckpt`` writer: after every epoch, as any
   ``ModelCheckpoint``, and also when the process gets SIGTERM (``kill``, ``timeout``, a
   cluster preempting the job).
+- :class:`AtomicCheckpointIO`: checkpoints written under a temporary name beside the
+  target and renamed, so a kill never leaves a truncated ``last.ckpt``.
 - :func:`find_last_checkpoint` and :func:`find_hpc_checkpoint`: what ``--ckpt_path last``
   and ``--ckpt_path hpc`` mean on the command line.
 """
@@ -22,6 +24,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
@@ -46,11 +49,24 @@ class ResumeState(Callback):
             "rng_states": _to_tensors(_collect_rng_states()),
             "logger_version": trainer.logger.version if trainer.logger is not None else None,
         }
+        _flush(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The previous epoch's train/* values are logged just after its checkpoint is saved.
+        _flush(trainer)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         states = checkpoint.get(CHECKPOINT_KEY, {}).get("rng_states")
         if states is not None:
             _set_rng_states(_from_tensors(states))
+
+
+def _flush(trainer: pl.Trainer) -> None:
+    """Write the loggers' buffered events to disk (TensorBoard's writer holds them for up to
+    two minutes), so a killed run's curves reach as far as its checkpoints: what comes later
+    is logged again by the resumed run."""
+    for logger in trainer.loggers:
+        logger.save()
 
 
 def _to_tensors(states: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +98,33 @@ class LastCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING and self.dirpath is not None:
             path = os.path.join(self.dirpath, f"{self.filename or 'last'}{self.FILE_EXTENSION}")
-            trainer.save_checkpoint(path)  # atomic: Lightning writes a temporary file and renames it
+            trainer.save_checkpoint(path)
             rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with its temporary file in the target's own folder.
+
+    Lightning's own atomic save goes through an fsspec transaction whose temporary file is
+    in the system temp folder; where that is another filesystem than the run folder (common
+    on clusters) the final move is a copy, and a job killed during it leaves a truncated
+    checkpoint. A rename within one folder is atomic. Remote paths are left to Lightning.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def find_last_checkpoint(run_root: Path, filename: str = "last") -> Optional[Path]:
