@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,9 @@ def test_sigkill_mid_epoch_then_resume_last_is_exact(tiny_data, uninterrupted, t
     # Same folder, curves continued there, and everything ends as if never killed.
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]
     assert_same_run(final_state(run_dir), uninterrupted)
+    # The run's own config stays; the resuming command's config is kept beside it.
+    assert "SignalAt" in (run_dir / "config.yaml").read_text()
+    assert "ckpt_path: " + str(Path("lightning_logs/version_0/checkpoints/last.ckpt")) in (run_dir / "config_resume.yaml").read_text()
 
 
 def test_sigterm_saves_last_checkpoint_and_resume_finishes(tiny_data, tmp_path):
@@ -141,3 +145,16 @@ def test_nothing_to_resume_is_a_one_line_error(tiny_data, tmp_path, capsys, ckpt
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("timit_lit: error: ") and message in err[-1]
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_resume_hpc_takes_the_highest_hpc_checkpoint_and_its_run_folder(tiny_data, trained_run, tmp_path):
+    """`--ckpt_path hpc`: what SLURM's requeue signal leaves (hpc_ckpt_N.ckpt in the working folder)."""
+    for n in (1, 2):
+        (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes())
+    for version in (0, 1):
+        (tmp_path / "lightning_logs" / f"version_{version}").mkdir(parents=True)
+    cli = run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST,
+                 "--trainer.max_epochs", "3", "--ckpt_path", "hpc")
+    assert cli.trainer.ckpt_path == "hpc_ckpt_2.ckpt" and cli.trainer.current_epoch == 3
+    # The run that saved it logged to version_0 (recorded in the checkpoint): it goes on there.
+    assert cli.trainer.log_dir == str(tmp_path / "lightning_logs" / "version_0")

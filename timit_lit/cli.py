@@ -96,6 +96,9 @@ class TimitCLI(LightningCLI):
             self.config = self.parser.parse_object({subcommand: {"trainer": {"logger": default}}}, self.config)
         elif "init_args" in logger and "version" in logger.init_args:
             logger.init_args.version = version
+        # config.yaml stays the one that started the run (the resume is exact, so it reproduces
+        # the whole run); the resuming command's config goes beside it.
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": "config_resume.yaml"}
         # Expected when resuming into the run's own folder.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
@@ -139,25 +142,22 @@ def _first_logger(config):
 def _last_checkpoint(config) -> Path:
     """What ``--ckpt_path last`` means: the newest ``last.ckpt`` of the runs kept where this
     config's logger keeps them (``lightning_logs/version_*/checkpoints/`` by default)."""
-    filename = config.last_checkpoint.filename or "last"
+    name = f"{config.last_checkpoint.filename or 'last'}.ckpt"
     root = Path(config.trainer.default_root_dir or ".")
     logger = _first_logger(config)
     if config.last_checkpoint.dirpath:
-        found = Path(config.last_checkpoint.dirpath) / f"{filename}.ckpt"
-        where, found = found.parent, found if found.is_file() else None
+        where, pattern = Path(config.last_checkpoint.dirpath), name
     elif logger is False:  # no logger: Lightning writes to <default_root_dir>/checkpoints
-        where = root / "checkpoints"
-        found = where / f"{filename}.ckpt" if (where / f"{filename}.ckpt").is_file() else None
+        where, pattern = root / "checkpoints", name
+    elif logger is None or logger is True:
+        where, pattern = root / "lightning_logs", f"*/checkpoints/{name}"
+    elif "init_args" in logger and logger.init_args.get("save_dir") is not None:
+        where, pattern = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or ""), f"*/checkpoints/{name}"
     else:
-        if logger is None or logger is True:
-            where = root / "lightning_logs"
-        elif "init_args" in logger and logger.init_args.get("save_dir") is not None:
-            where = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "")
-        else:
-            raise InputError(f"--ckpt_path last: cannot tell where {logger.class_path} keeps its runs; pass the checkpoint's path")
-        found = find_last_checkpoint(where, filename)
+        raise InputError(f"--ckpt_path last: cannot tell where {logger.class_path} keeps its runs; pass the checkpoint's path")
+    found = find_last_checkpoint(where, pattern)
     if found is None:
-        raise InputError(f"{where}: --ckpt_path last found no */checkpoints/{filename}.ckpt to resume from "
+        raise InputError(f"{where}: --ckpt_path last found no {pattern} to resume from "
                          f"(start without --ckpt_path, or pass a checkpoint's path)")
     return found
 

@@ -1,6 +1,6 @@
 """Surviving faults: a killed or preempted ``fit`` continues where it stopped, exactly.
 
-Three pieces, used by the CLI:
+The pieces, all used by the CLI:
 
 - :class:`ResumeState`, a callback that puts what Lightning's checkpoints lack into every
   checkpoint: the global random states (the training order is drawn from torch's global
@@ -127,16 +127,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
-def find_last_checkpoint(run_root: Path, filename: str = "last") -> Optional[Path]:
-    """The newest ``<run>/checkpoints/<filename>.ckpt`` among the runs of ``run_root``
-    (e.g. ``lightning_logs``), by modification time.
+def find_last_checkpoint(root: Path, pattern: str = "*/checkpoints/last.ckpt") -> Optional[Path]:
+    """The newest file matching ``pattern`` under ``root`` (e.g. ``lightning_logs``), by
+    modification time.
 
     Modification time rather than the version number: a resumed run writes into its
     original, lower-numbered folder, so the checkpoint written last, not the folder made
     last, is the state of the run that was running last (Lightning's own ``last`` picks
     by modification time too).
     """
-    candidates = [p for p in run_root.glob(f"*/checkpoints/{filename}.ckpt") if p.is_file()]
+    candidates = [p for p in root.glob(pattern) if p.is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
