@@ -158,3 +158,4 @@ def test_resume_hpc_takes_the_highest_hpc_checkpoint_and_its_run_folder(tiny_dat
     assert cli.trainer.ckpt_path == "hpc_ckpt_2.ckpt" and cli.trainer.current_epoch == 3
     # The run that saved it logged to version_0 (recorded in the checkpoint): it goes on there.
     assert cli.trainer.log_dir == str(tmp_path / "lightning_logs" / "version_0")
+
