@@ -11,6 +11,7 @@ the model, and one-line errors for bad input.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -20,12 +21,16 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError, TimitDataModule
 from timit_lit.model import PhoneClassifier
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.prediction import CsvPredictionWriter
+from timit_lit.resume import AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint, logger_version
 
 # ckpt_path values that Lightning resolves itself rather than reading a file.
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -43,9 +48,9 @@ class TimitCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,  # "val/acc" holds a "/"
             }
         )
-        # last.ckpt after every epoch, for resuming. Not `save_last` above: since Lightning
-        # 2.6 that only copies the best checkpoint whenever a new best is saved.
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        # last.ckpt after every epoch and on SIGTERM, for resuming. Not `save_last` above: since
+        # Lightning 2.6 that only copies the best checkpoint whenever a new best is saved.
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "last_checkpoint.filename": "last",
@@ -65,9 +70,48 @@ class TimitCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
-        # Lightning reads the checkpoint's hyperparameters right after parsing: check the file first.
+        # Lightning reads the checkpoint's hyperparameters right after parsing: resolve
+        # `last` / `hpc` and check the file first.
         subcommand = self.config.get("subcommand")
-        self._checkpoint = _read_checkpoint(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        self._checkpoint = None
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        asked = config.get("ckpt_path")
+        if asked in ("last", "hpc"):
+            config.ckpt_path = str(_last_checkpoint(config) if asked == "last" else _hpc_checkpoint(config))
+            rank_zero_info(f"timit_lit: --ckpt_path {asked} is {config.ckpt_path}")
+        self._checkpoint = _read_checkpoint(config.ckpt_path)
+        if self._checkpoint is None:
+            return
+        path, checkpoint = self._checkpoint
+        # What defines the model's input comes from the checkpoint, as Lightning does for the model.
+        saved = checkpoint.get("datamodule_hyper_parameters", {})
+        data = {key: saved[key] for key in TimitDataModule.MODEL_DEFINING if key in saved}
+        if data:
+            self.config = parser.parse_object({subcommand: {"data": data}}, self.config)
+        if subcommand == "fit" and asked in ("last", "hpc"):
+            self._continue_logging(subcommand, logger_version(checkpoint, Path(path)))
+
+    def _continue_logging(self, subcommand: str, version) -> None:
+        """Make the resumed run log into the version folder of the run it continues, so its
+        curves go on where they stopped (TensorBoard reads every event file of a folder)."""
+        config = self.config[subcommand]
+        logger = _first_logger(config)
+        if logger is None or logger is True:
+            # Lightning's default logger, as the Trainer makes it, with the version set. The same
+            # save_dir string matters: ModelCheckpoint reloads its best-k state only for the same dirpath.
+            default = {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": config.trainer.default_root_dir or os.getcwd(), "version": version,
+                                     "default_hp_metric": False}}  # as instantiate_trainer's default logger
+            self.config = self.parser.parse_object({subcommand: {"trainer": {"logger": default}}}, self.config)
+        elif "init_args" in logger and "version" in logger.init_args:
+            logger.init_args.version = version
+        # config.yaml stays the one that started the run (the resume is exact, so it reproduces
+        # the whole run); the resuming command's config goes beside it.
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": "config_resume.yaml"}
+        # Expected when resuming into the run's own folder.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
@@ -88,11 +132,15 @@ class TimitCLI(LightningCLI):
             )
         return super().instantiate_trainer(**kwargs)
 
+    def after_instantiate_classes(self) -> None:
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
     def _check_checkpoint_fits(self) -> None:
         """A checkpoint from another network or data width gets a clear error, not a state_dict dump."""
         if self._checkpoint is None:
             return
-        path, saved = self._checkpoint
+        path, saved = self._checkpoint[0], self._checkpoint[1]["state_dict"]
         for name, tensor in self.model.state_dict().items():
             if name not in saved or saved[name].shape != tensor.shape:
                 found = tuple(saved[name].shape) if name in saved else "missing"
@@ -105,9 +153,49 @@ class TimitCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_checkpoint_fits
 
 
+def _first_logger(config):
+    """The first logger's config (it decides the run folder): None or True for Lightning's
+    default TensorBoardLogger, False for none, else a ``class_path`` / ``init_args`` namespace."""
+    logger = config.trainer.logger
+    if isinstance(logger, list):
+        return logger[0] if logger else False
+    return logger
+
+
+def _last_checkpoint(config) -> Path:
+    """What ``--ckpt_path last`` means: the newest ``last.ckpt`` of the runs kept where this
+    config's logger keeps them (``lightning_logs/version_*/checkpoints/`` by default)."""
+    name = f"{config.last_checkpoint.filename or 'last'}.ckpt"
+    root = Path(config.trainer.default_root_dir or ".")
+    logger = _first_logger(config)
+    if config.last_checkpoint.dirpath:
+        where, pattern = Path(config.last_checkpoint.dirpath), name
+    elif logger is False:  # no logger: Lightning writes to <default_root_dir>/checkpoints
+        where, pattern = root / "checkpoints", name
+    elif logger is None or logger is True:
+        where, pattern = root / "lightning_logs", f"*/checkpoints/{name}"
+    elif "init_args" in logger and logger.init_args.get("save_dir") is not None:
+        where, pattern = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or ""), f"*/checkpoints/{name}"
+    else:
+        raise InputError(f"--ckpt_path last: cannot tell where {logger.class_path} keeps its runs; pass the checkpoint's path")
+    found = find_last_checkpoint(where, pattern)
+    if found is None:
+        raise InputError(f"{where}: --ckpt_path last found no {pattern} to resume from "
+                         f"(start without --ckpt_path, or pass a checkpoint's path)")
+    return found
+
+
+def _hpc_checkpoint(config) -> Path:
+    root = Path(config.trainer.default_root_dir or ".")
+    found = find_hpc_checkpoint(root)
+    if found is None:
+        raise InputError(f"{root}: --ckpt_path hpc found no hpc_ckpt_N.ckpt (written on SLURM's requeue signal)")
+    return found
+
+
 def _read_checkpoint(path) -> Optional[tuple[str, dict]]:
-    """The path and (memory-mapped) state_dict of a checkpoint file; None for Lightning's
-    special values such as ``last``, which it resolves itself."""
+    """The path and (memory-mapped) contents of a checkpoint file; None for no path and for
+    Lightning's special values such as ``best``, which it resolves itself."""
     if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
         return None
     if not Path(path).is_file():
@@ -118,7 +206,7 @@ def _read_checkpoint(path) -> Optional[tuple[str, dict]]:
         raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    return str(path), checkpoint["state_dict"]
+    return str(path), checkpoint
 
 
 def _quiet_known_warnings() -> None:
@@ -144,7 +232,13 @@ def main(args: list[str] | None = None) -> TimitCLI:
             seed_everything_default=0,
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
+            # Always present, whatever the config's trainer.callbacks: RNG states in every checkpoint.
+            trainer_defaults={"callbacks": [ResumeState()]},
         )
     except InputError as error:
         print(f"timit_lit: error: {' '.join(str(error).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException:
+        # Lightning stops after the current batch; exit as a process killed by SIGTERM would.
+        print("timit_lit: stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None

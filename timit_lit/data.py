@@ -236,6 +236,10 @@ class TimitDataModule(pl.LightningDataModule):
             nothing but where batches are cut.
     """
 
+    # Settings a trained model depends on: the CLI takes them from a checkpoint's
+    # ``datamodule_hyper_parameters`` whenever it is given one.
+    MODEL_DEFINING = ("num_classes",)
+
     def __init__(
         self,
         data_dir: str = "timit_11",
@@ -250,6 +254,7 @@ class TimitDataModule(pl.LightningDataModule):
         features_on_device: bool = False,
     ):
         super().__init__()
+        self.save_hyperparameters()  # into checkpoints, for `predict --ckpt_path` without a config
         if not 0.0 <= val_ratio < 1.0:
             raise InputError(f"val_ratio must be in [0, 1), got {val_ratio}")
         if batch_size < 1 or steps_per_call < 1 or eval_batch_size < 1:
