@@ -61,7 +61,7 @@ def assert_same_run(a, b):
     curves_a, weights_a, step_a, best_a = a
     curves_b, weights_b, step_b, best_b = b
     assert curves_a.keys() == curves_b.keys() and "val/acc" in curves_a
-    for tag in curves_a:
+    for tag in curves_a.keys() - {"train/frames_per_s"}:  # wall-clock speed differs run to run
         assert curves_a[tag] == curves_b[tag], tag  # exactly, every epoch
     assert len(curves_a["val/acc"]) == EPOCHS
     assert step_a == step_b and best_a == best_b
