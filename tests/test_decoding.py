@@ -1,0 +1,136 @@
+"""Viterbi decoding: exact against brute force, utterance by utterance, and useful on phone-like data."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from timit_lit.decoding import PhoneStatistics, choose_transition_weight, frame_accuracy, viterbi_decode
+from timit_lit.synthetic import NUM_PHONES, write_synthetic_timit
+
+
+def random_stats(rng, num_phones):
+    """Statistics with random counts: uneven priors and transitions, some of them zero before smoothing."""
+    return PhoneStatistics(
+        frames=rng.integers(0, 50, num_phones),
+        initial=rng.integers(0, 5, num_phones),
+        transitions=rng.integers(0, 20, (num_phones, num_phones)),
+        smoothing=0.5,
+    )
+
+
+def log_softmax(logits):
+    return torch.log_softmax(torch.as_tensor(logits), dim=1).numpy()
+
+
+def path_score(scores, stats, path, transition_weight, prior_weight):
+    emission = scores - prior_weight * stats.log_prior()
+    total = transition_weight * stats.log_initial()[path[0]] + emission[np.arange(len(path)), path].sum()
+    return total + transition_weight * stats.log_transitions()[path[:-1], path[1:]].sum()
+
+
+def brute_force(scores, stats, transition_weight, prior_weight):
+    """The best path by scoring every one of the S**T state sequences."""
+    paths = [np.array(p) for p in itertools.product(range(scores.shape[1]), repeat=len(scores))]
+    return max(paths, key=lambda p: path_score(scores, stats, p, transition_weight, prior_weight))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("num_phones", [3, 4])
+def test_viterbi_equals_brute_force_on_tiny_utterances(seed, num_phones):
+    rng = np.random.default_rng(seed)
+    stats = random_stats(rng, num_phones)
+    for length in range(1, 6):
+        scores = log_softmax(rng.normal(0.0, 2.0, (length, num_phones)))
+        for transition_weight, prior_weight in [(1.0, 1.0), (2.5, 0.5), (0.5, 0.0)]:
+            expected = brute_force(scores, stats, transition_weight, prior_weight)
+            got = viterbi_decode(scores, [0, length], stats, transition_weight, prior_weight).numpy()
+            assert got.dtype == np.int64
+            assert np.isclose(
+                path_score(scores, stats, got, transition_weight, prior_weight),
+                path_score(scores, stats, expected, transition_weight, prior_weight),
+            )
+            assert np.array_equal(got, expected), (length, transition_weight, prior_weight)
+
+
+def test_many_utterances_at_once_equal_each_alone():
+    rng = np.random.default_rng(5)
+    stats = random_stats(rng, 6)
+    lengths = [7, 1, 30, 4, 1, 30, 12, 2]  # unsorted, repeated and length-1 utterances
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    scores = log_softmax(rng.normal(0.0, 1.5, (offsets[-1], 6)))
+    threads = torch.get_num_threads()
+    together = viterbi_decode(scores, offsets, stats, transition_weight=1.5)
+    assert torch.get_num_threads() == threads, "decoding runs on one CPU thread, then gives the others back"
+    alone = [viterbi_decode(scores[a:b], [0, b - a], stats, transition_weight=1.5) for a, b in zip(offsets, offsets[1:])]
+    assert torch.equal(together, torch.cat(alone))
+    # Decoding across the boundaries (one long utterance) gives a different answer.
+    assert not torch.equal(together, viterbi_decode(scores, [0, offsets[-1]], stats, transition_weight=1.5))
+
+
+def test_estimation_never_counts_a_transition_across_utterances():
+    labels = np.array([0, 0, 1, 2, 2, 0, 1, 1])
+    stats = PhoneStatistics.estimate(labels, [0, 3, 5, 8], num_phones=3)
+    # Inside utterances: 0->0, 0->1 | 2->2 | 0->1, 1->1. The boundary pairs 1->2 and 2->0 are not transitions.
+    expected = np.zeros((3, 3), dtype=np.int64)
+    expected[0, 0], expected[0, 1], expected[2, 2], expected[1, 1] = 1, 2, 1, 1
+    assert np.array_equal(stats.transitions, expected)
+    assert np.array_equal(stats.frames, [3, 3, 2])
+    assert np.array_equal(stats.initial, [2, 0, 1])  # utterances start with 0, 2, 0
+    # Add-k smoothing: unseen transitions keep a small probability; rows are distributions.
+    probs = np.exp(stats.log_transitions())
+    assert np.allclose(probs.sum(1), 1.0) and np.isclose(probs[1, 2], 1 / (1 + 3))
+    assert np.isclose(np.exp(stats.log_prior())[0], (3 + 1) / (8 + 3))
+
+
+def test_statistics_survive_a_checkpoint(tmp_path):
+    labels = np.random.default_rng(0).integers(0, NUM_PHONES, 500)
+    stats = PhoneStatistics.estimate(labels, [0, 100, 101, 500], smoothing=0.25)
+    torch.save({"phone_statistics": stats.state_dict()}, tmp_path / "ckpt.pt")
+    restored = PhoneStatistics.from_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["phone_statistics"])
+    assert np.array_equal(restored.transitions, stats.transitions) and restored.smoothing == 0.25
+    assert np.array_equal(restored.log_transitions(), stats.log_transitions())
+
+
+@pytest.mark.parametrize(
+    "labels, offsets",
+    [([0, 1, 2], [0, 3, 3]), ([0, 1, 2], [0, 2]), ([0, 1, 2], [1, 3]), ([0, 1, 39], [0, 3])],
+    ids=["empty utterance", "short of the frames", "not from 0", "label out of range"],
+)
+def test_bad_labels_or_offsets_are_refused(labels, offsets):
+    with pytest.raises(ValueError):
+        PhoneStatistics.estimate(np.array(labels), np.array(offsets))
+
+
+def test_weight_zero_without_priors_is_the_framewise_argmax():
+    rng = np.random.default_rng(1)
+    stats = random_stats(rng, NUM_PHONES)
+    offsets = np.array([0, 1, 50, 51, 300])
+    scores = torch.log_softmax(torch.randn(300, NUM_PHONES, generator=torch.Generator().manual_seed(1)), dim=1)
+    scores = (torch.round(scores * 4) / 4).double()  # exact ties too: the first maximum wins, as in argmax
+    # And a phone ahead by one unit in the last place, deep in an utterance, where a
+    # running sum of hundreds of frames would round the two together.
+    scores[250] = scores[250].clamp(max=-1.0)
+    scores[250, 3], scores[250, 7] = -0.5, np.nextafter(-0.5, np.inf)
+    decoded = viterbi_decode(scores, offsets, stats, transition_weight=0.0, prior_weight=0.0)
+    assert torch.equal(decoded, scores.argmax(1))
+    assert not torch.equal(viterbi_decode(scores, offsets, stats, transition_weight=1.0, prior_weight=0.0), decoded)
+
+
+def test_viterbi_beats_framewise_argmax_on_phone_like_data(tmp_path):
+    """Noisy posteriors of generated phone sequences: the estimated transitions clean them up."""
+    lengths = write_synthetic_timit(tmp_path, train_utterances=60, test_utterances=20, seed=2, max_phones=20)
+    offsets = {split: np.concatenate([[0], np.cumsum(lens)]) for split, lens in lengths.items()}
+    labels = {split: np.load(tmp_path / f"{split}_label_11.npy").astype(np.int64) for split in lengths}
+    stats = PhoneStatistics.estimate(labels["train"], offsets["train"])
+
+    rng = np.random.default_rng(0)
+    truth = labels["test"]
+    logits = 3.0 * np.eye(NUM_PHONES)[truth] + rng.normal(0.0, 1.5, (len(truth), NUM_PHONES))
+    scores = torch.log_softmax(torch.as_tensor(logits), dim=1)
+
+    argmax = frame_accuracy(scores.argmax(1), truth)
+    best, accuracies = choose_transition_weight(scores, truth, offsets["test"], stats, prior_weight=0.0)
+    assert accuracies[0.0] == argmax
+    assert best > 0 and accuracies[best] > argmax + 0.15, accuracies
