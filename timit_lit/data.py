@@ -10,13 +10,12 @@ same pages). Each file is checked once, on first use, and any problem raises
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 import os
 import sys
 import time
 import warnings
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -299,7 +298,8 @@ class TimitDataModule(pl.LightningDataModule):
         """Convert float64 features to float32 once per node (Lightning runs this on local rank 0 only)."""
         fn = self.trainer.state.fn if self.trainer else None
         for name in (TRAIN_FEATURES,) if fn in ("fit", "validate") else (TEST_FEATURES,):
-            if (self.data_dir / name).is_file():
+            path = self.data_dir / name
+            if path.is_file() and open_features(path).dtype != np.float32:
                 self._features(name)
 
     def setup(self, stage: str) -> None:
