@@ -137,3 +137,15 @@ def test_help_lists_the_subcommands(command):
     out = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, check=True).stdout
     for subcommand in ("fit", "validate", "test", "predict"):
         assert re.search(rf"^\s+{subcommand}\s", out, re.MULTILINE), subcommand
+
+
+def test_wider_context_and_utterance_split_end_to_end(tiny_data, tmp_path):
+    """A model on 21-frame windows, validated on whole utterances; its checkpoint alone then
+    predicts (the context width travels in it)."""
+    run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST, "--trainer.max_epochs", "1",
+           "--data.context", "21", "--data.split", "utterance")
+    checkpoint = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    cli = run_in(tmp_path, "predict", "--ckpt_path", str(checkpoint), "--data.data_dir", str(tiny_data))
+    assert cli.datamodule.context == 21 and cli.model.hparams.input_dim == 21 * 39
+    lines = (tmp_path / "prediction.csv").read_text().splitlines()
+    assert lines[0] == "Id,Class" and len(lines) == 1 + len(np.load(tiny_data / "test_11.npy"))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from timit_lit.data import FrameDataset, InputError, TimitDataModule, float32_cache_path, float32_features
+from timit_lit.synthetic import write_synthetic_timit
 
 
 def copy_data(src, dst, **replace):
@@ -102,7 +103,7 @@ def test_float32_cache_folder_can_be_chosen(tiny_data, tmp_path):
 
 def test_a_batch_is_one_read_and_equals_row_by_row(tiny_data):
     features = np.load(tiny_data / "test_11.npy")
-    dataset = FrameDataset(np.load(tiny_data / "test_11.npy", mmap_mode="r"), None, start=10, stop=50)
+    dataset = FrameDataset(np.load(tiny_data / "test_11.npy", mmap_mode="r"), None, rows=np.arange(10, 50))
     x, rows = dataset.__getitems__([5, 0, 39])
     assert rows.tolist() == [15, 10, 49]  # without labels, items carry their row id in the file
     assert torch.equal(x, torch.from_numpy(features[[15, 10, 49]]))
@@ -132,3 +133,39 @@ def test_synthetic_option_writes_the_demo_data_once(tmp_path):
 def test_val_ratio_must_be_in_unit_interval(tiny_data, ratio):
     with pytest.raises(InputError, match=r"val_ratio must be in \[0, 1\)"):
         TimitDataModule(str(tiny_data), val_ratio=ratio)
+
+
+def test_utterance_split_keeps_utterances_whole(tmp_path):
+    lengths = write_synthetic_timit(tmp_path, train_utterances=40, test_utterances=2, seed=3)["train"]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+
+    def split(seed):
+        dm = TimitDataModule(str(tmp_path), split="utterance", split_seed=seed, val_ratio=0.2)
+        dm.setup("fit")
+        return dm._loaded["train"].rows.numpy(), dm._loaded["val"].rows.numpy()
+
+    train, val = split(0)
+    n_rows = starts[-1]
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(n_rows))  # every row once
+    utterance_of = np.searchsorted(starts, np.arange(n_rows), side="right") - 1
+    assert not set(utterance_of[train]) & set(utterance_of[val])  # no utterance cut in two
+    assert 0.2 * n_rows <= len(val) < 0.2 * n_rows + max(lengths)
+    assert np.array_equal(split(0)[1], val) and not np.array_equal(split(1)[1], val)
+
+
+def test_context_windows_of_any_odd_width(tiny_data):
+    features = np.load(tiny_data / "train_11.npy")
+    same = TimitDataModule(str(tiny_data), context=11, split="utterance")
+    same.setup("fit")
+    x, _ = same._loaded["train"].__getitems__([0, 5, 17])
+    assert torch.equal(x, torch.from_numpy(features[same._loaded["train"].rows[[0, 5, 17]].numpy()]))
+
+    wide = TimitDataModule(str(tiny_data), context=21)
+    assert wide.input_dim == 21 * 39
+    wide.setup("fit")
+    x, _ = wide._loaded["train"].__getitems__([0, 100])
+    assert x.shape == (2, 21 * 39) and x.dtype == torch.float32
+    # The middle 11 frames of a 21-frame window are the file's row.
+    assert torch.equal(x[:, 5 * 39 : 16 * 39], torch.from_numpy(features[[0, 100]]))
+    with pytest.raises(InputError, match="odd"):
+        TimitDataModule(str(tiny_data), context=12)

@@ -133,3 +133,12 @@ def test_steps_per_call_refuses_a_scheduler_it_would_not_step(tiny_data, tmp_pat
         run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--data.steps_per_call", "4",
                "--optimizer", "Adam", "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1")
     assert "steps no learning-rate scheduler" in capsys.readouterr().err
+
+
+def test_features_on_device_with_wider_context_trains_the_same_weights(tiny_data, tmp_path):
+    wide = ["--data.context", "21", "--data.split", "utterance", "--trainer.max_epochs", "1"]
+    host_weights, _ = fit(tmp_path / "host", tiny_data, *wide)
+    device_weights, _ = fit(tmp_path / "device", tiny_data, *wide, "--data.features_on_device", "true",
+                            "--data.steps_per_call", "4")
+    for name, tensor in device_weights.items():
+        assert torch.equal(tensor, host_weights[name]), name

@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from timit_lit.synthetic import has_timit_files, write_synthetic_timit
+from timit_lit.utterances import utterance_frames, utterance_starts, windows, windows_torch
 
 TRAIN_FEATURES = "train_11.npy"
 TRAIN_LABELS = "train_label_11.npy"
@@ -163,7 +164,7 @@ def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) 
 
 
 class FrameDataset(Dataset):
-    """Rows ``[start, stop)`` of a feature matrix, served a whole batch per call.
+    """Some ``rows`` of a feature matrix (all by default), served a whole batch per call.
 
     ``__getitems__`` lets the DataLoader fetch a batch with one fancy-indexing read of the
     memory map instead of one call per row and a collate. Each item is ``(features,
@@ -175,23 +176,21 @@ class FrameDataset(Dataset):
 
     def __init__(
         self,
-        features: np.ndarray,
+        features,
         labels: Optional[np.ndarray],
-        start: int = 0,
-        stop: Optional[int] = None,
+        rows: Optional[np.ndarray] = None,
         ids_only: bool = False,
     ):
-        self.features = features
+        self.features = features  # a feature matrix, or ContextWindows: anything indexed by rows
         self.labels = labels
-        self.start = start
-        self.stop = len(features) if stop is None else stop
+        self.rows = torch.as_tensor(np.arange(len(features)) if rows is None else rows, dtype=torch.int64)
         self.ids_only = ids_only
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return len(self.rows)
 
     def __getitems__(self, indices: list[int]):
-        rows = torch.as_tensor(indices, dtype=torch.int64) + self.start
+        rows = self.rows[indices]
         if self.ids_only:
             return rows
         x = torch.from_numpy(self.features[rows.numpy()])
@@ -208,6 +207,36 @@ def keep_batch(batch):
     return batch
 
 
+class ContextWindows:
+    """The rows of a ``timit_11`` file rebuilt as windows of ``width`` frames: indexed by row
+    ids like the feature matrix itself, built per batch from each utterance's frames (see
+    :mod:`timit_lit.utterances`), never across an utterance boundary, never materialised."""
+
+    def __init__(self, features: np.ndarray, width: int, starts: Optional[np.ndarray] = None):
+        self.starts = utterance_starts(features) if starts is None else starts
+        self.frames = utterance_frames(features, self.starts)
+        self.width = width
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return windows(self.frames, self.starts, rows, self.width)
+
+    def to(self, device: torch.device) -> "_DeviceWindows":
+        return _DeviceWindows(torch.from_numpy(self.frames).to(device), torch.from_numpy(self.starts).to(device), self.width)
+
+
+class _DeviceWindows:
+    """:class:`ContextWindows` with its frames on the accelerator."""
+
+    def __init__(self, frames: torch.Tensor, starts: torch.Tensor, width: int):
+        self.frames, self.starts, self.width, self.is_cuda = frames, starts, width, frames.is_cuda
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return windows_torch(self.frames, self.starts, rows, self.width)
+
+
 class TimitDataModule(pl.LightningDataModule):
     """The HW2-1 files: ``train_11.npy`` + ``train_label_11.npy`` (fit, validate),
     ``test_11.npy`` (predict) and, where it exists, ``test_label_11.npy`` (test).
@@ -221,9 +250,16 @@ class TimitDataModule(pl.LightningDataModule):
             ``steps_per_call: 1``, with Lightning's per-step overhead paid once per
             ``steps_per_call`` steps (Keras calls this ``steps_per_execution``).
         eval_batch_size: batch size for validate, test and predict (no gradients are kept).
-        val_ratio: the last ``val_ratio`` of the training rows validate, as in the
-            notebook (rows are in time order, so the split is contiguous); 0 trains on
+        val_ratio: the fraction of the training rows that validates; 0 trains on
             everything and skips validation.
+        split: ``contiguous``: the last ``val_ratio`` of the rows validate, as in the
+            notebook (rows are in time order; the cut may fall inside an utterance);
+            ``utterance``: whole utterances, recovered from the rows' overlap and drawn
+            at random with ``split_seed``, validate, about ``val_ratio`` of the rows.
+        split_seed: the seed of the ``utterance`` split (independent of ``seed_everything``).
+        context: frames per input row, odd. 11 uses the file's rows as they are; any other
+            width rebuilds each row's window from its utterance's frames (edges repeat the
+            utterance's first or last frame), so the model's input is ``context * 39``.
         num_classes: number of phone classes; labels must lie in ``0..num_classes-1``.
         num_workers: DataLoader worker processes (0 reads batches in the main process).
         synthetic: if the files are missing, write a synthetic set there first (the demo).
@@ -237,7 +273,7 @@ class TimitDataModule(pl.LightningDataModule):
 
     # Settings a trained model depends on: the CLI takes them from a checkpoint's
     # ``datamodule_hyper_parameters`` whenever it is given one.
-    MODEL_DEFINING = ("num_classes",)
+    MODEL_DEFINING = ("num_classes", "context")
 
     def __init__(
         self,
@@ -246,6 +282,9 @@ class TimitDataModule(pl.LightningDataModule):
         steps_per_call: int = 1,
         eval_batch_size: int = 4096,
         val_ratio: float = 0.2,
+        split: Literal["contiguous", "utterance"] = "contiguous",
+        split_seed: int = 0,
+        context: int = 11,
         num_classes: int = 39,
         num_workers: int = 0,
         synthetic: bool = False,
@@ -258,11 +297,16 @@ class TimitDataModule(pl.LightningDataModule):
             raise InputError(f"val_ratio must be in [0, 1), got {val_ratio}")
         if batch_size < 1 or steps_per_call < 1 or eval_batch_size < 1:
             raise InputError("batch_size, steps_per_call and eval_batch_size must be >= 1")
+        if context < 1 or context % 2 == 0:
+            raise InputError(f"context must be an odd number of frames, got {context}")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.steps_per_call = steps_per_call
         self.eval_batch_size = eval_batch_size
         self.val_ratio = val_ratio
+        self.split = split
+        self.split_seed = split_seed
+        self.context = context
         self.num_classes = num_classes
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -275,16 +319,20 @@ class TimitDataModule(pl.LightningDataModule):
         first = next((self.data_dir / n for n in (TRAIN_FEATURES, TEST_FEATURES) if (self.data_dir / n).exists()), None)
         if first is None:
             raise InputError(f"{self.data_dir}: neither {TRAIN_FEATURES} nor {TEST_FEATURES} is there")
-        self.input_dim = int(open_features(first).shape[1])
+        width = int(open_features(first).shape[1])
+        if context != 11 and width % 11:
+            raise InputError(f"{first}: rows of {width} features are not 11 spliced frames; context {context} needs them")
+        self.file_width = width
+        self.input_dim = width if context == 11 else context * width // 11
         self._loaded: dict[str, FrameDataset] = {}
         self._on_device: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
 
     def _features(self, name: str) -> np.ndarray:
         path = self.data_dir / name
         width = open_features(path).shape[1]
-        if width != self.input_dim:
+        if width != self.file_width:
             raise InputError(
-                f"{path}: rows have {width} features, but the data's width is {self.input_dim} "
+                f"{path}: rows have {width} features, but the data's width is {self.file_width} "
                 f"(train and test files must match)"
             )
         return float32_features(path, self.cache_dir)
@@ -305,20 +353,40 @@ class TimitDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self._loaded:
             features, labels = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)
-            n_train = int(len(features) * (1 - self.val_ratio))  # the notebook's rounding
-            self._loaded["train"] = self._dataset("train", features, labels, 0, n_train)
-            self._loaded["val"] = self._dataset("train", features, labels, n_train, len(features))
+            starts = utterance_starts(features) if self.split == "utterance" or self.context != 11 else None
+            train_rows, val_rows = self._split(len(features), starts)
+            source = features if self.context == 11 else ContextWindows(features, self.context, starts)
+            self._loaded["train"] = self._dataset("train", source, labels, train_rows)
+            self._loaded["val"] = self._dataset("train", source, labels, val_rows)
         if stage == "test" and "test" not in self._loaded:
             if not (self.data_dir / TEST_LABELS).is_file():
                 raise InputError(
                     f"{self.data_dir / TEST_LABELS}: file not found; `test` needs the labels of {TEST_FEATURES} "
                     f"(the course gives none: use `predict` to write the Kaggle CSV)"
                 )
-            self._loaded["test"] = self._dataset("test", *self._labelled(TEST_FEATURES, TEST_LABELS))
+            features, labels = self._labelled(TEST_FEATURES, TEST_LABELS)
+            self._loaded["test"] = self._dataset("test", self._windows(features), labels)
         if stage == "predict" and "predict" not in self._loaded:
-            self._loaded["predict"] = self._dataset("predict", self._features(TEST_FEATURES), None)
+            self._loaded["predict"] = self._dataset("predict", self._windows(self._features(TEST_FEATURES)), None)
 
-    def _dataset(self, file: str, features: np.ndarray, labels: Optional[np.ndarray], start=0, stop=None) -> FrameDataset:
+    def _windows(self, features: np.ndarray):
+        return features if self.context == 11 else ContextWindows(features, self.context)
+
+    def _split(self, n_rows: int, starts: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Training and validation row ids."""
+        if self.split == "contiguous":
+            n_train = int(n_rows * (1 - self.val_ratio))  # the notebook's rounding
+            return np.arange(n_train), np.arange(n_train, n_rows)
+        lengths = np.diff(starts)
+        order = np.random.default_rng(self.split_seed).permutation(len(lengths))
+        # Utterances in a random order until they hold val_ratio of the rows.
+        n_val = int(np.searchsorted(np.cumsum(lengths[order]), self.val_ratio * n_rows)) + 1 if self.val_ratio else 0
+        is_val = np.zeros(len(lengths), dtype=bool)
+        is_val[order[:n_val]] = True
+        in_val = np.repeat(is_val, lengths)
+        return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+
+    def _dataset(self, file: str, features, labels: Optional[np.ndarray], rows: Optional[np.ndarray] = None) -> FrameDataset:
         """A dataset over ``features``; with ``features_on_device`` on an accelerator, the
         file is copied there once and the dataset serves row ids."""
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
@@ -327,10 +395,10 @@ class TimitDataModule(pl.LightningDataModule):
             with warnings.catch_warnings():  # the map is read-only, and so are the tensors read from it
                 warnings.filterwarnings("ignore", message=".*not writable.*")
                 self._on_device[file] = (
-                    torch.from_numpy(features).to(device),
+                    torch.from_numpy(features).to(device) if isinstance(features, np.ndarray) else features.to(device),
                     torch.from_numpy(labels).to(device) if labels is not None else None,
                 )
-        return FrameDataset(features, labels, start, stop, ids_only=on_device)
+        return FrameDataset(features, labels, rows, ids_only=on_device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """On the device: cut batches from the resident features, and split a training batch
