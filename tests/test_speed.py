@@ -85,7 +85,7 @@ def test_cuda_graph_needs_a_cuda_device(tiny_data, tmp_path, capsys):
         run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--model.cuda_graph", "true",
                "--trainer.accelerator", "cpu")
     assert exit_info.value.code == 2
-    assert "model.cuda_graph needs one CUDA device" in capsys.readouterr().err
+    assert "model.cuda_graph needs one process, on a CUDA device," in capsys.readouterr().err
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

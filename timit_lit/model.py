@@ -10,23 +10,36 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from timit_lit.cuda_graph import GraphedTrainStep
+from timit_lit.train_steps import TrainSteps
 from timit_lit.data import InputError
 
-ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
-def mlp(input_dim: int, hidden_sizes: tuple[int, ...], num_classes: int, activation: str) -> nn.Sequential:
-    """Linear layers with an activation between them and none on the output (logits).
+def mlp(
+    input_dim: int,
+    hidden_sizes: tuple[int, ...],
+    num_classes: int,
+    activation: str,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """Linear layers with an activation between them and none on the output (logits);
+    each hidden layer optionally followed by batch norm (before the activation) and dropout.
 
     With the defaults this is the notebook's ``Classifier``: 429-1024-512-128-39 with
     sigmoids, its linear layers created in the same order, so the same seed gives the
-    same initial weights.
+    same initial weights (batch norm and dropout draw nothing at creation).
     """
     layers: list[nn.Module] = []
     widths = [input_dim, *hidden_sizes]
     for n_in, n_out in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(n_in, n_out))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(n_out))
+        layers.append(ACTIVATIONS[activation]())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(widths[-1], num_classes))
     return nn.Sequential(*layers)
 
@@ -37,14 +50,17 @@ class PhoneClassifier(pl.LightningModule):
     Args:
         input_dim: features per row (linked from the data by the CLI).
         num_classes: phone classes (linked from the data by the CLI).
-        hidden_sizes: widths of the hidden layers.
+        hidden_sizes: widths of the hidden layers (as many as you like).
         activation: non-linearity between layers.
+        batch_norm: batch normalisation after each hidden linear layer.
+        dropout: dropout probability after each hidden activation (0: none).
         lr: Adam learning rate.
         steps_per_call: optimizer steps per Lightning training step (linked from the
             data, which then hands over a list of that many batches). Above 1 the model
-            optimizes manually; the updates stay exactly those of 1.
+            takes the steps itself (:mod:`timit_lit.train_steps`: one process, 32-bit
+            precision, no per-step Lightning hooks); the updates stay exactly those of 1.
         cuda_graph: replay each full training step as a CUDA graph (one GPU, 32-bit
-            precision; see :mod:`timit_lit.cuda_graph`). Adam then runs fused and
+            precision; see :mod:`timit_lit.train_steps`). Adam then runs fused and
             ``capturable``, which rounds differently from the default in the last bits.
     """
 
@@ -53,21 +69,23 @@ class PhoneClassifier(pl.LightningModule):
         input_dim: int = 429,
         num_classes: int = 39,
         hidden_sizes: tuple[int, ...] = (1024, 512, 128),
-        activation: Literal["sigmoid", "relu"] = "sigmoid",
+        activation: Literal["sigmoid", "relu", "gelu"] = "sigmoid",
+        batch_norm: bool = False,
+        dropout: float = 0.0,
         lr: float = 1e-4,
         steps_per_call: int = 1,
         cuda_graph: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.net = mlp(input_dim, tuple(hidden_sizes), num_classes, activation)
+        self.net = mlp(input_dim, tuple(hidden_sizes), num_classes, activation, batch_norm, dropout)
         # validate_args=False: the data module has checked the labels, and the checks
         # would synchronise with the device on every step.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.automatic_optimization = steps_per_call == 1 and not cuda_graph
-        self._graphed_step: Optional[GraphedTrainStep] = None
+        self._steps: Optional[TrainSteps] = None
         # Validation counts (true x predicted) for TensorBoard's figures (timit_lit.monitoring);
         # they add up on the device, read once per epoch. Not part of the checkpoint.
         self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
@@ -91,50 +109,36 @@ class PhoneClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Optional[torch.Tensor]:
         if self.automatic_optimization:
             return self._evaluate(batch, self.train_acc, "train")
+        # A list of batches (steps_per_call > 1): one Adam step on each, outside Lightning's
+        # per-step hooks, loss and accuracy summed on the device; one log call for all.
         batches = batch if isinstance(batch, list) else [batch]
-        if self.hparams.cuda_graph:
-            return self._graphed_training_step(batches)
-        # One Adam step on each batch, as Lightning's automatic optimization would take
-        # them (zero_grad, backward, step), then one log call for all of them.
-        optimizer = self.optimizers()
-        loss_sum, rows = 0.0, 0
+        if self._steps is None:
+            optimizer = self.optimizers().optimizer  # the torch optimizer itself
+            self._steps = TrainSteps(self.net, optimizer, self.device, graph=self.hparams.cuda_graph)
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress  # global_step
         for x, y in batches:
-            logits = self(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
-            self.train_acc.update(logits.detach(), y)
-            loss_sum, rows = loss_sum + loss.detach() * len(y), rows + len(y)
-        self.log("train/loss", loss_sum / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+            progress.increment_ready()
+            self._steps(x, y)
+            progress.increment_completed()
+        loss_sum, correct = self._steps.take_totals()
+        rows = sum(len(y) for _, y in batches)
+        self.log("train/loss", loss_sum / rows, on_step=False, on_epoch=True, batch_size=rows)
+        self.log("train/acc", correct / rows, on_step=False, on_epoch=True, batch_size=rows)
         return None
 
-    def _graphed_training_step(self, batches) -> None:
-        if self._graphed_step is None:
-            optimizer = self.optimizers().optimizer  # the torch optimizer itself: the graph replays its kernels
-            self._graphed_step = GraphedTrainStep(self.net, optimizer, len(batches[0][0]), self.hparams.input_dim, self.device)
-        steps = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress  # keeps global_step right
-        for x, y in batches:
-            steps.increment_ready()
-            self._graphed_step(x, y)
-            steps.increment_completed()
-        loss_sum, correct = self._graphed_step.take_totals()
-        rows = sum(len(y) for _, y in batches)
-        self.log("train/loss", loss_sum / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
-        self.log("train/acc", correct / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
-
     def on_fit_start(self) -> None:
-        trainer = self.trainer
-        if not self.automatic_optimization and trainer.lr_scheduler_configs:
+        if self.automatic_optimization:
+            return
+        trainer, option = self.trainer, "model.cuda_graph" if self.hparams.cuda_graph else "data.steps_per_call > 1"
+        if trainer.lr_scheduler_configs:
+            raise InputError(f"{option} takes the optimizer steps itself, and Lightning then steps no learning-rate "
+                             f"scheduler: use steps_per_call 1 with a scheduler")
+        needs_cuda = self.hparams.cuda_graph and self.device.type != "cuda"
+        if needs_cuda or trainer.world_size > 1 or trainer.precision not in ("32-true", "32"):
             raise InputError(
-                "data.steps_per_call > 1 and model.cuda_graph step the optimizer themselves, and Lightning then "
-                "steps no learning-rate scheduler: use steps_per_call 1 with a scheduler"
-            )
-        if self.hparams.cuda_graph and (self.device.type != "cuda" or trainer.world_size > 1 or trainer.precision not in ("32-true", "32")):
-            raise InputError(
-                f"model.cuda_graph needs one CUDA device and 32-bit precision; this run has {self.device.type}, "
-                f"{trainer.world_size} process(es), precision {trainer.precision}"
+                f"{option} needs one process{', on a CUDA device,' if self.hparams.cuda_graph else ''} and 32-bit "
+                f"precision; this run has {self.device.type}, {trainer.world_size} process(es), precision "
+                f"{trainer.precision} (use steps_per_call 1 and cuda_graph false)"
             )
 
     def validation_step(self, batch, batch_idx: int) -> None:
