@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_in
 from timit_lit.decoding import PhoneStatistics, choose_transition_weight, frame_accuracy, viterbi_decode
 from timit_lit.synthetic import NUM_PHONES, write_synthetic_timit
 
@@ -134,3 +135,18 @@ def test_viterbi_beats_framewise_argmax_on_phone_like_data(tmp_path):
     best, accuracies = choose_transition_weight(scores, truth, offsets["test"], stats, prior_weight=0.0)
     assert accuracies[0.0] == argmax
     assert best > 0 and accuracies[best] > argmax + 0.15, accuracies
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_decoding_is_scored_in_validate_and_test(stage, tiny_data, best_checkpoint, tmp_path):
+    def run(*weights):
+        cli = run_in(tmp_path, stage, "--ckpt_path", str(best_checkpoint), "--data.data_dir", str(tiny_data),
+                     "--decoding.enabled", "true", *weights)
+        return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
+
+    prefix = "val" if stage == "validate" else "test"
+    framewise = run("--decoding.transition_weight", "0", "--decoding.prior_weight", "0")
+    assert framewise[f"{prefix}/acc_viterbi"] == pytest.approx(framewise[f"{prefix}/acc"], abs=1e-6)  # weights 0 = argmax
+    decoded = run("--decoding.transition_weight", "1", "--decoding.prior_weight", "1")
+    assert decoded[f"{prefix}/acc"] == framewise[f"{prefix}/acc"] and 0 <= decoded[f"{prefix}/acc_viterbi"] <= 1
+    # (whether decoding helps is measured on the replica, README; the tiny run's model is near chance)

@@ -28,6 +28,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError, TimitDataModule
+from timit_lit.decoding import ViterbiEvaluation
 from timit_lit.model import PhoneClassifier
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.prediction import CsvPredictionWriter
@@ -65,6 +66,8 @@ class TimitCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
         parser.add_lightning_class_args(EpochThroughput, "throughput")
         parser.add_lightning_class_args(ValidationFigures, "figures")
+        # Viterbi decoding scored in validate / test (off by default; timit_lit.decoding).
+        parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
         parser.link_arguments("data.steps_per_call", "model.steps_per_call")
         parser.link_arguments("data.input_dim", "model.input_dim", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")

@@ -30,7 +30,11 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
+
+from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, InputError, float32_features, load_labels
+from timit_lit.utterances import utterance_starts
 
 NUM_PHONES = 39
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -243,3 +247,72 @@ def choose_transition_weight(
     }
     best = max(accuracies, key=accuracies.get)  # first of the maxima
     return best, accuracies
+
+
+def segment_offsets(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Utterance offsets of the sorted row ids ``rows`` of a file whose utterances start at
+    ``starts``: a new segment wherever the utterance changes or rows are skipped."""
+    rows = np.asarray(rows)
+    utterance = np.searchsorted(starts, rows, side="right") - 1
+    breaks = np.flatnonzero((np.diff(utterance) != 0) | (np.diff(rows) != 1)) + 1
+    return np.concatenate([[0], breaks, [len(rows)]]).astype(np.int64)
+
+
+class ViterbiEvaluation(pl.Callback):
+    """Scores Viterbi decoding in ``validate`` and ``test``, logged as ``val/acc_viterbi`` or
+    ``test/acc_viterbi`` next to the framewise ``*/acc``.
+
+    Phone statistics are counted from the training labels over the training file's
+    recovered utterances (``train_label_11.npy``, all rows). The split's log posteriors
+    are collected in row order, cut into utterances and decoded. One process only.
+
+    Args:
+        enabled: decode (off by default: it reads the training labels and features).
+        transition_weight: weight of the log transition probabilities (0: framewise).
+        prior_weight: weight of the log priors divided out of the posteriors.
+    """
+
+    def __init__(self, enabled: bool = False, transition_weight: float = 1.0, prior_weight: float = 1.0):
+        self.enabled, self.transition_weight, self.prior_weight = enabled, transition_weight, prior_weight
+        self._log_posteriors: list[torch.Tensor] = []
+
+    def _active(self, trainer: pl.Trainer) -> bool:
+        return self.enabled and trainer.state.fn in ("validate", "test") and not trainer.sanity_checking
+
+    def _collect(self, trainer, pl_module, batch) -> None:
+        if self._active(trainer):
+            self._log_posteriors.append(pl_module(batch[0]).log_softmax(dim=1).cpu())
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, pl_module, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, pl_module, batch)
+
+    def _score(self, trainer, pl_module, split: str, stage: str) -> None:
+        if not self._active(trainer):
+            return
+        if trainer.world_size > 1:
+            raise InputError("decoding.enabled runs on one process")
+        dm = trainer.datamodule
+        train_features = float32_features(dm.data_dir / TRAIN_FEATURES, dm.cache_dir)
+        train_labels = load_labels(dm.data_dir / TRAIN_LABELS, len(train_features), dm.num_classes,
+                                   dm.data_dir / TRAIN_FEATURES)
+        train_starts = utterance_starts(train_features)
+        stats = PhoneStatistics.estimate(train_labels, train_starts, dm.num_classes)
+        if split == "val":
+            starts = train_starts
+        else:
+            starts = utterance_starts(float32_features(dm.data_dir / TEST_FEATURES, dm.cache_dir))
+        dataset = dm._loaded[split]
+        rows = dataset.rows.numpy()
+        decoded = viterbi_decode(torch.cat(self._log_posteriors), segment_offsets(rows, starts), stats,
+                                 self.transition_weight, self.prior_weight)
+        self._log_posteriors = []
+        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded, dataset.labels[rows]))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._score(trainer, pl_module, "val", "val")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._score(trainer, pl_module, "test", "test")
