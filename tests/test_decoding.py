@@ -150,3 +150,23 @@ def test_decoding_is_scored_in_validate_and_test(stage, tiny_data, best_checkpoi
     decoded = run("--decoding.transition_weight", "1", "--decoding.prior_weight", "1")
     assert decoded[f"{prefix}/acc"] == framewise[f"{prefix}/acc"] and 0 <= decoded[f"{prefix}/acc_viterbi"] <= 1
     # (whether decoding helps is measured on the replica, README; the tiny run's model is near chance)
+
+
+def test_predict_writes_decoded_classes(tiny_data, best_checkpoint, tmp_path):
+    def predict(name, *decoding):
+        run_in(tmp_path, "predict", "--ckpt_path", str(best_checkpoint), "--data.data_dir", str(tiny_data),
+               "--prediction.output_path", name, "--prediction.posteriors_path", name + ".npy", *decoding)
+        return (tmp_path / name).read_text()
+
+    framewise = predict("plain.csv")
+    assert predict("zero.csv", "--decoding.enabled", "true", "--decoding.transition_weight", "0",
+                   "--decoding.prior_weight", "0") == framewise  # weights 0: the argmax, byte for byte
+    decoded = predict("viterbi.csv", "--decoding.enabled", "true", "--decoding.transition_weight", "1")
+    classes = np.array([int(line.split(",")[1]) for line in decoded.splitlines()[1:]])
+    # The same as decoding the saved posteriors directly.
+    from timit_lit.data import TEST_FEATURES, TimitDataModule
+    from timit_lit.decoding import ViterbiEvaluation
+    posteriors = torch.from_numpy(np.load(tmp_path / "viterbi.csv.npy")).clamp_min(1e-30).log()
+    expected = ViterbiEvaluation(True, 1.0, 1.0).decode(TimitDataModule(str(tiny_data)), posteriors,
+                                                        np.arange(len(posteriors)), TEST_FEATURES)
+    assert np.array_equal(classes, expected.numpy())

@@ -260,7 +260,8 @@ def segment_offsets(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 class ViterbiEvaluation(pl.Callback):
     """Scores Viterbi decoding in ``validate`` and ``test``, logged as ``val/acc_viterbi`` or
-    ``test/acc_viterbi`` next to the framewise ``*/acc``.
+    ``test/acc_viterbi`` next to the framewise ``*/acc``; with it enabled, ``predict``
+    writes the decoded classes.
 
     Phone statistics are counted from the training labels over the training file's
     recovered utterances (``train_label_11.npy``, all rows). The split's log posteriors
@@ -294,22 +295,24 @@ class ViterbiEvaluation(pl.Callback):
             return
         if trainer.world_size > 1:
             raise InputError("decoding.enabled runs on one process")
-        dm = trainer.datamodule
+        dataset = trainer.datamodule._loaded[split]
+        rows = dataset.rows.numpy()
+        file = TRAIN_FEATURES if split == "val" else TEST_FEATURES
+        decoded = self.decode(trainer.datamodule, torch.cat(self._log_posteriors), rows, file)
+        self._log_posteriors = []
+        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded, dataset.labels[rows]))
+
+    def decode(self, datamodule, log_posteriors: torch.Tensor, rows: np.ndarray, file: str) -> torch.Tensor:
+        """The Viterbi classes of ``rows`` (sorted row ids of ``file`` in the data folder)
+        from their log posteriors; also used by ``predict`` (timit_lit.prediction)."""
+        dm = datamodule
         train_features = float32_features(dm.data_dir / TRAIN_FEATURES, dm.cache_dir)
         train_labels = load_labels(dm.data_dir / TRAIN_LABELS, len(train_features), dm.num_classes,
                                    dm.data_dir / TRAIN_FEATURES)
         train_starts = utterance_starts(train_features)
         stats = PhoneStatistics.estimate(train_labels, train_starts, dm.num_classes)
-        if split == "val":
-            starts = train_starts
-        else:
-            starts = utterance_starts(float32_features(dm.data_dir / TEST_FEATURES, dm.cache_dir))
-        dataset = dm._loaded[split]
-        rows = dataset.rows.numpy()
-        decoded = viterbi_decode(torch.cat(self._log_posteriors), segment_offsets(rows, starts), stats,
-                                 self.transition_weight, self.prior_weight)
-        self._log_posteriors = []
-        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded, dataset.labels[rows]))
+        starts = train_starts if file == TRAIN_FEATURES else utterance_starts(float32_features(dm.data_dir / file, dm.cache_dir))
+        return viterbi_decode(log_posteriors, segment_offsets(rows, starts), stats, self.transition_weight, self.prior_weight)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._score(trainer, pl_module, "val", "val")

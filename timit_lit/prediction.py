@@ -13,7 +13,8 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
-from timit_lit.data import InputError
+from timit_lit.data import TEST_FEATURES, InputError
+from timit_lit.decoding import ViterbiEvaluation
 from timit_lit.phones import PHONES
 
 # The class column's name in each submission format.
@@ -84,9 +85,10 @@ class CsvPredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions, batch_indices) -> None:
         ids = torch.cat([p[0] for p in predictions]).cpu().numpy()
         classes = torch.cat([p[1] for p in predictions]).cpu().numpy()
+        decoder = next((cb for cb in trainer.callbacks if isinstance(cb, ViterbiEvaluation) and cb.enabled), None)
         posteriors = None
-        if self.posteriors_path is not None:
-            posteriors = torch.cat([p[2] for p in predictions]).cpu().numpy().astype(self.posteriors_dtype)
+        if self.posteriors_path is not None or decoder is not None:
+            posteriors = torch.cat([p[2] for p in predictions]).cpu().numpy()  # float32 until written
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             shares = [None] * trainer.world_size
             dist.all_gather_object(shares, (ids, classes, posteriors))
@@ -100,11 +102,15 @@ class CsvPredictionWriter(BasePredictionWriter):
         order = np.argsort(ids, kind="stable")
         if len(ids) != expected or not np.array_equal(ids[order], np.arange(expected)):
             raise RuntimeError(f"predictions cover {len(np.unique(ids))} distinct of {expected} rows ({len(ids)} in all)")
+        if decoder is not None:  # Viterbi over the test file's utterances instead of each row's argmax
+            log_posteriors = torch.from_numpy(posteriors[order].astype(np.float32)).clamp_min(1e-30).log()
+            classes[order] = decoder.decode(trainer.datamodule, log_posteriors, ids[order], TEST_FEATURES).numpy()
+            rank_zero_info(f"Classes decoded with Viterbi (transition weight {decoder.transition_weight})")
         columns = [ids[order], classes[order]]
         if self.with_phone:
             columns.append(np.asarray(PHONES)[columns[1]])
         write_csv_atomically(self.output_path, self.header, columns)
         rank_zero_info(f"Wrote {len(ids):,} predictions to {self.output_path}")
-        if posteriors is not None:
-            write_atomically(self.posteriors_path, lambda f: np.save(f, posteriors[order]), mode="wb")
-            rank_zero_info(f"Wrote their posteriors ({posteriors.dtype}) to {self.posteriors_path}")
+        if self.posteriors_path is not None:
+            write_atomically(self.posteriors_path, lambda f: np.save(f, posteriors[order].astype(self.posteriors_dtype)), mode="wb")
+            rank_zero_info(f"Wrote their posteriors ({self.posteriors_dtype}) to {self.posteriors_path}")
