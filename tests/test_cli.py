@@ -35,7 +35,9 @@ def test_fit_leaves_checkpoints_config_and_curves(trained_run):
     # The saved config reproduces the run: the baseline's settings with the data's dimensions.
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["seed_everything"] == 0 and config["trainer"]["max_epochs"] == 2
-    assert config["model"]["hidden_sizes"] == [1024, 512, 128] and config["model"]["activation"] == "sigmoid"
+    model = config["model"]
+    assert model["class_path"] == "timit_lit.model.PhoneClassifier"
+    assert model["init_args"]["hidden_sizes"] == [1024, 512, 128] and model["init_args"]["activation"] == "sigmoid"
     hparams = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]
     assert hparams["input_dim"] == 429 and hparams["num_classes"] == 39
 

@@ -48,7 +48,7 @@ def test_hparams_hold_the_config_and_the_best_val_acc(trained_run):
     assert [m.name.tag for m in plugin["experiment"].experiment.metric_infos] == ["hp/best_val_acc"]
     hparams = plugin["session_start_info"].session_start_info.hparams
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
-    assert hparams["model/lr"].number_value == pytest.approx(config["model"]["lr"]) == pytest.approx(0.002)
+    assert hparams["model/lr"].number_value == pytest.approx(config["model"]["init_args"]["lr"]) == pytest.approx(0.002)
     assert hparams["data/batch_size"].number_value == 256
     assert hparams["model/activation"].string_value == "sigmoid"
     assert hparams["trainer/max_epochs"].number_value == 2

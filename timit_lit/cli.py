@@ -29,7 +29,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError, TimitDataModule
 from timit_lit.decoding import ViterbiEvaluation
-from timit_lit.model import PhoneClassifier
+from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.prediction import CsvPredictionWriter
 from timit_lit.resume import AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint, logger_version
@@ -68,9 +68,12 @@ class TimitCLI(LightningCLI):
         parser.add_lightning_class_args(ValidationFigures, "figures")
         # Viterbi decoding scored in validate / test (off by default; timit_lit.decoding).
         parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
-        parser.link_arguments("data.steps_per_call", "model.steps_per_call")
-        parser.link_arguments("data.input_dim", "model.input_dim", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
+        # names another PhoneModel as model.class_path; plain `model:` options apply to it.
+        parser.set_defaults({"model": {"class_path": "timit_lit.model.PhoneClassifier"}})
+        parser.link_arguments("data.steps_per_call", "model.init_args.steps_per_call")
+        parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -250,8 +253,9 @@ def main(args: list[str] | None = None) -> TimitCLI:
     _quiet_known_warnings()
     try:
         return TimitCLI(
-            PhoneClassifier,
+            PhoneModel,
             TimitDataModule,
+            subclass_mode_model=True,
             args=args,
             seed_everything_default=0,
             save_config_callback=RunConfig,

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from timit_lit.synthetic import has_timit_files, write_synthetic_timit
-from timit_lit.utterances import utterance_frames, utterance_starts, windows, windows_torch
+from timit_lit.utterances import segment_offsets, utterance_frames, utterance_starts, windows, windows_torch
 
 TRAIN_FEATURES = "train_11.npy"
 TRAIN_LABELS = "train_label_11.npy"
@@ -202,6 +202,44 @@ class FrameDataset(Dataset):
         return batch[0] if self.ids_only else (batch[0][0], batch[1][0])
 
 
+class UtteranceDataset(Dataset):
+    """Whole utterances of a ``timit_11`` file, for sequence models: each item is one
+    stretch of consecutive ``rows`` inside one utterance (a whole utterance, unless the
+    rows leave part of it out), a batch of them served per call, zero-padded to the longest.
+
+    A batch is ``(features, targets, lengths)``: ``utterances x frames x features``,
+    ``utterances x frames`` (labels, or row ids when there are no labels, so predictions
+    find their place in the file; -1 in the padding) and each utterance's real length.
+    ``rows`` and ``labels`` are those of :class:`FrameDataset`: the frames served, in order.
+    """
+
+    def __init__(self, features, labels: Optional[np.ndarray], rows: np.ndarray, starts: np.ndarray):
+        self.features = features  # a feature matrix or ContextWindows, indexed by row ids
+        self.labels = labels
+        self.rows = torch.as_tensor(rows, dtype=torch.int64)
+        # Utterance i is self.rows[offsets[i]:offsets[i+1]].
+        self.offsets = segment_offsets(rows, starts) if len(rows) else np.zeros(1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitems__(self, indices: list[int]):
+        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        lengths = torch.tensor([stop - start for start, stop in spans], dtype=torch.int64)
+        width = self.features.shape[1] if isinstance(self.features, np.ndarray) else self.features.width_features
+        x = torch.zeros(len(spans), int(lengths.max()), width)
+        y = torch.full((len(spans), int(lengths.max())), -1, dtype=torch.int64)
+        for i, (start, stop) in enumerate(spans):
+            rows = self.rows[start:stop].numpy()
+            x[i, : stop - start] = torch.from_numpy(np.asarray(self.features[rows]))
+            y[i, : stop - start] = torch.from_numpy(self.labels[rows]) if self.labels is not None else self.rows[start:stop]
+        return x, y, lengths
+
+    def __getitem__(self, index: int):
+        x, y, lengths = self.__getitems__([index])
+        return x[0], y[0], lengths[0]
+
+
 def keep_batch(batch):
     """Collate for :class:`FrameDataset`: its ``__getitems__`` already returns a batch."""
     return batch
@@ -216,6 +254,7 @@ class ContextWindows:
         self.starts = utterance_starts(features) if starts is None else starts
         self.frames = utterance_frames(features, self.starts)
         self.width = width
+        self.width_features = width * self.frames.shape[1]
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -265,6 +304,10 @@ class TimitDataModule(pl.LightningDataModule):
         synthetic: if the files are missing, write a synthetic set there first (the demo).
         cache_dir: where float64 feature files are converted to float32 once
             (default: ``float32_cache/`` in ``data_dir``).
+        batch_by: ``rows``: batches of ``batch_size`` rows (frames), for frame classifiers;
+            ``utterances``: batches of ``batch_size`` whole utterances (``eval_batch_size``
+            for evaluation), recovered from the rows' overlap and zero-padded, for
+            sequence models such as :class:`timit_lit.recurrent.RecurrentPhoneClassifier`.
         features_on_device: copy the features and labels to the accelerator once
             (float32: 2.1 GB for the course's training set) and cut batches there, so
             that only row ids cross to the device per step. On a CPU it changes
@@ -273,7 +316,7 @@ class TimitDataModule(pl.LightningDataModule):
 
     # Settings a trained model depends on: the CLI takes them from a checkpoint's
     # ``datamodule_hyper_parameters`` whenever it is given one.
-    MODEL_DEFINING = ("num_classes", "context")
+    MODEL_DEFINING = ("num_classes", "context", "batch_by")
 
     def __init__(
         self,
@@ -289,6 +332,7 @@ class TimitDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         synthetic: bool = False,
         cache_dir: Optional[str] = None,
+        batch_by: Literal["rows", "utterances"] = "rows",
         features_on_device: bool = False,
     ):
         super().__init__()
@@ -299,6 +343,8 @@ class TimitDataModule(pl.LightningDataModule):
             raise InputError("batch_size, steps_per_call and eval_batch_size must be >= 1")
         if context < 1 or context % 2 == 0:
             raise InputError(f"context must be an odd number of frames, got {context}")
+        if batch_by == "utterances" and (steps_per_call > 1 or features_on_device):
+            raise InputError("batch_by utterances works with steps_per_call 1 and features_on_device false")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.steps_per_call = steps_per_call
@@ -310,6 +356,7 @@ class TimitDataModule(pl.LightningDataModule):
         self.num_classes = num_classes
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.batch_by = batch_by
         self.features_on_device = features_on_device
         if synthetic and not has_timit_files(self.data_dir):
             write_synthetic_timit(self.data_dir)
@@ -353,11 +400,12 @@ class TimitDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self._loaded:
             features, labels = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)
-            starts = utterance_starts(features) if self.split == "utterance" or self.context != 11 else None
+            needs_starts = self.split == "utterance" or self.context != 11 or self.batch_by == "utterances"
+            starts = utterance_starts(features) if needs_starts else None
             train_rows, val_rows = self._split(len(features), starts)
             source = features if self.context == 11 else ContextWindows(features, self.context, starts)
-            self._loaded["train"] = self._dataset("train", source, labels, train_rows)
-            self._loaded["val"] = self._dataset("train", source, labels, val_rows)
+            self._loaded["train"] = self._dataset("train", source, starts, labels, train_rows)
+            self._loaded["val"] = self._dataset("train", source, starts, labels, val_rows)
         if stage == "test" and "test" not in self._loaded:
             if not (self.data_dir / TEST_LABELS).is_file():
                 raise InputError(
@@ -365,12 +413,14 @@ class TimitDataModule(pl.LightningDataModule):
                     f"(the course gives none: use `predict` to write the Kaggle CSV)"
                 )
             features, labels = self._labelled(TEST_FEATURES, TEST_LABELS)
-            self._loaded["test"] = self._dataset("test", self._windows(features), labels)
+            self._loaded["test"] = self._dataset("test", *self._windows(features), labels)
         if stage == "predict" and "predict" not in self._loaded:
-            self._loaded["predict"] = self._dataset("predict", self._windows(self._features(TEST_FEATURES)), None)
+            self._loaded["predict"] = self._dataset("predict", *self._windows(self._features(TEST_FEATURES)), None)
 
     def _windows(self, features: np.ndarray):
-        return features if self.context == 11 else ContextWindows(features, self.context)
+        """The input rows of a whole file, and its utterances' starts where anything needs them."""
+        starts = utterance_starts(features) if self.context != 11 or self.batch_by == "utterances" else None
+        return features if self.context == 11 else ContextWindows(features, self.context, starts), starts
 
     def _split(self, n_rows: int, starts: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Training and validation row ids."""
@@ -386,9 +436,13 @@ class TimitDataModule(pl.LightningDataModule):
         in_val = np.repeat(is_val, lengths)
         return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
-    def _dataset(self, file: str, features, labels: Optional[np.ndarray], rows: Optional[np.ndarray] = None) -> FrameDataset:
-        """A dataset over ``features``; with ``features_on_device`` on an accelerator, the
-        file is copied there once and the dataset serves row ids."""
+    def _dataset(self, file: str, features, starts: Optional[np.ndarray], labels: Optional[np.ndarray],
+                 rows: Optional[np.ndarray] = None):
+        """A dataset over ``features`` (all rows, or ``rows``): utterances or rows, as ``batch_by``
+        says; with ``features_on_device`` on an accelerator, the file is copied there once
+        and the dataset serves row ids."""
+        if self.batch_by == "utterances":
+            return UtteranceDataset(features, labels, np.arange(len(features)) if rows is None else rows, starts)
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         on_device = self.features_on_device
         if on_device and file not in self._on_device:  # (on a CPU this keeps the memory map as it is)

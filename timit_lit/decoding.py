@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 
 from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, InputError, float32_features, load_labels
-from timit_lit.utterances import utterance_starts
+from timit_lit.utterances import segment_offsets, utterance_starts
 
 NUM_PHONES = 39
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -249,15 +249,6 @@ def choose_transition_weight(
     return best, accuracies
 
 
-def segment_offsets(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Utterance offsets of the sorted row ids ``rows`` of a file whose utterances start at
-    ``starts``: a new segment wherever the utterance changes or rows are skipped."""
-    rows = np.asarray(rows)
-    utterance = np.searchsorted(starts, rows, side="right") - 1
-    breaks = np.flatnonzero((np.diff(utterance) != 0) | (np.diff(rows) != 1)) + 1
-    return np.concatenate([[0], breaks, [len(rows)]]).astype(np.int64)
-
-
 class ViterbiEvaluation(pl.Callback):
     """Scores Viterbi decoding in ``validate`` and ``test``, logged as ``val/acc_viterbi`` or
     ``test/acc_viterbi`` next to the framewise ``*/acc``; with it enabled, ``predict``
@@ -282,7 +273,7 @@ class ViterbiEvaluation(pl.Callback):
 
     def _collect(self, trainer, pl_module, batch) -> None:
         if self._active(trainer):
-            self._log_posteriors.append(pl_module(batch[0]).log_softmax(dim=1).cpu())
+            self._log_posteriors.append(pl_module.frame_logits(batch)[0].log_softmax(dim=1).cpu())
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._collect(trainer, pl_module, batch)

@@ -1,4 +1,4 @@
-"""The phone classifier: the course notebook's MLP wrapped as a LightningModule."""
+"""The phone classifiers' common LightningModule, and the course notebook's MLP wrapped in it."""
 
 from __future__ import annotations
 
@@ -44,7 +44,76 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-class PhoneClassifier(pl.LightningModule):
+class PhoneModel(pl.LightningModule):
+    """What every network of this project shares: cross-entropy on the labelled frames,
+    torchmetrics accuracy, epoch-level logging, Adam, and predictions as (row id, class,
+    posteriors) per frame, so the CSV writer and the decoder never see the network.
+
+    A subclass builds its network and says, in :meth:`frame_logits`, how a batch becomes
+    one row of logits per real frame. The CLI takes any subclass as ``model.class_path``
+    (default :class:`PhoneClassifier`). ``batch_by`` names the batches it takes
+    (:class:`timit_lit.data.TimitDataModule`'s option of that name).
+    """
+
+    batch_by = "rows"
+
+    def __init__(self, num_classes: int, lr: float):
+        super().__init__()
+        # validate_args=False: the data module has checked the labels, and the checks
+        # would synchronise with the device on every step.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # Validation counts (true x predicted) for TensorBoard's figures (timit_lit.monitoring);
+        # they add up on the device, read once per epoch. Not part of the checkpoint.
+        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.lr = lr
+
+    def setup(self, stage: str) -> None:
+        data = getattr(self.trainer, "datamodule", None)
+        if data is not None and getattr(data, "batch_by", self.batch_by) != self.batch_by:
+            raise InputError(f"model {type(self).__name__} takes batches of {self.batch_by}: set data.batch_by {self.batch_by}")
+
+    def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, targets)``: one row of class logits per real frame of ``batch``, in the
+        batch's frame order, and each frame's label (or, in ``predict``, its row id)."""
+        raise NotImplementedError
+
+    def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str) -> torch.Tensor:
+        """Loss and accuracy of one batch, logged as epoch averages under ``stage/``."""
+        logits, y = self.frame_logits(batch)
+        loss = F.cross_entropy(logits, y)
+        accuracy.update(logits, y)
+        if stage == "val":
+            self.val_confusion.update(logits, y)
+        # Epoch-level only: per-step logging would cost time on every step.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Optional[torch.Tensor]:
+        return self._evaluate(batch, self.train_acc, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_acc, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_confusion.reset()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_acc, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns each frame's row id in the file, its predicted class and its class posteriors."""
+        logits, row_ids = self.frame_logits(batch)
+        return row_ids, logits.argmax(dim=1), logits.softmax(dim=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam at ``lr``; ``--optimizer`` / ``--lr_scheduler`` on the command line replace it."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class PhoneClassifier(PhoneModel):
     """Framewise phone classification: cross-entropy, Adam, accuracy from torchmetrics.
 
     Args:
@@ -76,39 +145,22 @@ class PhoneClassifier(pl.LightningModule):
         steps_per_call: int = 1,
         cuda_graph: bool = False,
     ):
-        super().__init__()
+        super().__init__(num_classes, lr)
         self.save_hyperparameters()
         self.net = mlp(input_dim, tuple(hidden_sizes), num_classes, activation, batch_norm, dropout)
-        # validate_args=False: the data module has checked the labels, and the checks
-        # would synchronise with the device on every step.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.automatic_optimization = steps_per_call == 1 and not cuda_graph
         self._steps: Optional[TrainSteps] = None
-        # Validation counts (true x predicted) for TensorBoard's figures (timit_lit.monitoring);
-        # they add up on the device, read once per epoch. Not part of the checkpoint.
-        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str) -> torch.Tensor:
-        """Loss and accuracy of one batch, logged as epoch averages under ``stage/``."""
+    def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        accuracy.update(logits, y)
-        if stage == "val":
-            self.val_confusion.update(logits, y)
-        # Epoch-level only: per-step logging would cost time on every step.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
+        return self(x), y
 
     def training_step(self, batch, batch_idx: int) -> Optional[torch.Tensor]:
         if self.automatic_optimization:
-            return self._evaluate(batch, self.train_acc, "train")
+            return super().training_step(batch, batch_idx)
         # A list of batches (steps_per_call > 1): one Adam step on each, outside Lightning's
         # per-step hooks, loss and accuracy summed on the device; one log call for all.
         batches = batch if isinstance(batch, list) else [batch]
@@ -141,22 +193,7 @@ class PhoneClassifier(pl.LightningModule):
                 f"{trainer.precision} (use steps_per_call 1 and cuda_graph false)"
             )
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_acc, "val")
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_confusion.reset()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_acc, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns each row's id in the file, its predicted class and its class posteriors."""
-        x, row_ids = batch
-        logits = self(x)
-        return row_ids, logits.argmax(dim=1), logits.softmax(dim=1)
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.cuda_graph:  # graph-safe, and one fused kernel instead of ~20 per step
             return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, capturable=True, fused=True)
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return super().configure_optimizers()

@@ -78,15 +78,23 @@ class EpochThroughput(Callback):
         self._start, self._end, self._rows = time.perf_counter(), 0.0, 0
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        # One (features, labels) batch, or a list of them with data.steps_per_call > 1.
-        batches = batch if isinstance(batch, list) else [batch]
-        self._rows += sum(labels.numel() for _, labels in batches)
+        self._rows += _frames(batch)
         self._end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._rows and self._end > self._start:
             rate = self._rows * trainer.world_size / (self._end - self._start)
             pl_module.log(self.name, rate, on_epoch=True, on_step=False)
+
+
+def _frames(batch) -> int:
+    """Real frames in a training batch: one (features, labels) batch, a list of them
+    (data.steps_per_call > 1), or utterances (features, labels, lengths) counted by length."""
+    if isinstance(batch, list):
+        return sum(_frames(b) for b in batch)
+    if len(batch) == 3:
+        return int(batch[2].sum())  # a sequence model has synchronised on the lengths already
+    return batch[1].numel()
 
 
 def confusion_figure(confusion, counts: torch.Tensor, names: list[str], title: str) -> Figure:
@@ -189,6 +197,9 @@ class RunConfig(SaveConfigCallback):
             self.best = value
         if not self._hparams_logged:
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))  # = config.yaml
+            model = config.get("model")
+            if isinstance(model, dict) and "init_args" in model:  # model/lr rather than model/init_args/lr
+                config["model"] = {"class_path": model.get("class_path"), **model["init_args"]}
             tensorboard.log_hyperparams(config, {BEST_METRIC: self.best}, step=trainer.global_step)
             self._hparams_logged = True
         elif improved:

@@ -98,7 +98,7 @@ class CsvPredictionWriter(BasePredictionWriter):
                 posteriors = np.concatenate([share[2] for share in shares])
         if not trainer.is_global_zero:
             return
-        expected = len(trainer.predict_dataloaders.dataset)
+        expected = len(trainer.predict_dataloaders.dataset.rows)  # rows, whether batched as rows or utterances
         order = np.argsort(ids, kind="stable")
         if len(ids) != expected or not np.array_equal(ids[order], np.arange(expected)):
             raise RuntimeError(f"predictions cover {len(np.unique(ids))} distinct of {expected} rows ({len(ids)} in all)")

@@ -71,6 +71,15 @@ def utterance_starts(features: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.n
     return np.concatenate(starts).astype(np.int64)
 
 
+def segment_offsets(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Utterance offsets of the sorted row ids ``rows`` of a file whose utterances start at
+    ``starts``: a new segment wherever the utterance changes or rows are skipped."""
+    rows = np.asarray(rows)
+    utterance = np.searchsorted(starts, rows, side="right") - 1
+    breaks = np.flatnonzero((np.diff(utterance) != 0) | (np.diff(rows) != 1)) + 1
+    return np.concatenate([[0], breaks, [len(rows)]]).astype(np.int64)
+
+
 def centre_frames(features: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     """The labelled (centre) frame of every row, ``(rows, 39)``, read chunk by chunk from a memory map."""
     context = _check_rows(features)

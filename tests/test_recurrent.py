@@ -1,0 +1,92 @@
+"""Sequence models over whole utterances: padded batches, masking, and the CLI end to end."""
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import REPO, run_in
+from timit_lit.cli import main
+from timit_lit.data import UtteranceDataset
+from timit_lit.recurrent import RecurrentPhoneClassifier
+from timit_lit.utterances import utterance_starts
+
+RECURRENT = str(REPO / "configs" / "recurrent.yaml")
+SMALL = ["--model.hidden_size", "32", "--model.num_layers", "2", "--data.batch_size", "4", "--data.eval_batch_size", "5"]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_padding_never_changes_logits_loss_or_accuracy(cell):
+    torch.manual_seed(0)
+    model = RecurrentPhoneClassifier(input_dim=39, num_classes=39, cell=cell, hidden_size=16, num_layers=2).eval()
+    lengths = [5, 17, 1, 9]
+    utterances = [torch.randn(n, 39) for n in lengths]
+    labels = [torch.randint(0, 39, (n,)) for n in lengths]
+    # Each utterance alone: no padding at all.
+    alone = [model(u[None], torch.tensor([len(u)]))[0] for u in utterances]
+    # All four in one batch, zero-padded to 17 frames, the padding filled with junk features.
+    x = torch.full((4, 17, 39), 1e3)
+    y = torch.full((4, 17), -1)
+    for i, (u, lab) in enumerate(zip(utterances, labels)):
+        x[i, : len(u)], y[i, : len(u)] = u, lab
+    with torch.no_grad():
+        logits, targets = model.frame_logits((x, y, torch.tensor(lengths)))
+        expected = torch.cat(alone)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(targets, torch.cat(labels))  # real frames only, utterance by utterance
+    assert F.cross_entropy(logits, targets).item() == pytest.approx(F.cross_entropy(expected, torch.cat(labels)).item(), abs=1e-5)
+    assert torch.equal(logits.argmax(1) == targets, expected.argmax(1) == torch.cat(labels))
+
+
+def test_utterance_batches_hold_whole_utterances_in_row_order(tiny_data):
+    features = np.load(tiny_data / "train_11.npy", mmap_mode="r")
+    labels = np.load(tiny_data / "train_label_11.npy").astype(np.int64)
+    starts = utterance_starts(features)
+    rows = np.arange(3, starts[-1] - 2)  # cut the first and last utterances short
+    dataset = UtteranceDataset(features, labels, rows, starts)
+    assert len(dataset) == len(starts) - 1
+    x, y, lengths = dataset.__getitems__(list(range(len(dataset))))
+    real = torch.arange(x.shape[1])[None] < lengths[:, None]
+    assert torch.equal(x[real], torch.from_numpy(np.asarray(features[rows])))  # every row once, in order
+    assert torch.equal(y[real], torch.from_numpy(labels[rows]))
+    assert (y[~real] == -1).all() and (x[~real] == 0).all()
+    assert lengths.tolist() == np.diff(np.clip(starts, rows[0], rows[-1] + 1)).tolist()
+
+
+def test_fit_test_predict_end_to_end(tiny_data, tmp_path):
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL]
+    cli = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "2")
+    assert cli.model.hparams.input_dim == 39 and cli.datamodule.batch_by == "utterances"
+    run = tmp_path / "lightning_logs" / "version_0"
+    (best,) = (run / "checkpoints").glob("epoch=*.ckpt")
+    val = run_in(tmp_path, "validate", *common, "--ckpt_path", str(best)).trainer.callback_metrics
+    assert float(val["val/acc"]) == pytest.approx(float(best.stem[-6:]), abs=1e-4)
+
+    # test/acc recomputed here, utterance by utterance, from the checkpoint's weights.
+    test = run_in(tmp_path, "test", *common, "--ckpt_path", str(best)).trainer.callback_metrics
+    model = RecurrentPhoneClassifier.load_from_checkpoint(best, map_location="cpu").eval()
+    features = np.load(tiny_data / "test_11.npy")
+    labels = np.load(tiny_data / "test_label_11.npy").astype(np.int64)
+    starts = utterance_starts(features)
+    with torch.no_grad():
+        classes = np.concatenate([
+            model(torch.from_numpy(features[a:b, 195:234])[None], torch.tensor([b - a]))[0].argmax(1).numpy()
+            for a, b in zip(starts[:-1], starts[1:])
+        ])
+    assert float(test["test/acc"]) == pytest.approx(float((classes == labels).mean()), abs=1e-6)
+
+    # predict: the same CSV format and row order as the MLP's, whatever the network.
+    out = tmp_path / "prediction.csv"
+    run_in(tmp_path, "predict", "--data.data_dir", str(tiny_data), "--ckpt_path", str(best),
+           "--prediction.output_path", str(out))  # no config: the checkpoint says what network and batches
+    lines = out.read_text().splitlines()
+    assert lines[0] == "Id,Class"
+    assert lines[1:] == [f"{i},{c}" for i, c in enumerate(classes)]
+
+
+def test_recurrent_model_with_row_batches_is_a_one_line_error(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "fit", "--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL,
+               "--data.batch_by", "rows", "--trainer.max_epochs", "1")
+    assert exit_info.value.code == 2
+    assert "set data.batch_by utterances" in capsys.readouterr().err
