@@ -4,10 +4,17 @@ The MLP sees a fixed window of frames around each one; a bidirectional recurrent
 sees the whole utterance, from both ends, and learns how far to look. It needs batches of
 utterances rather than of rows: ``data.batch_by: utterances`` (see
 :class:`timit_lit.data.UtteranceDataset`), which pads the utterances of a batch to the
-longest. The padding is packed away before the recurrent layers
-(:func:`torch.nn.utils.rnn.pack_padded_sequence`), so the backward direction starts at
-each utterance's real last frame, and loss, accuracy and predictions take the real frames
-only: padding never changes a result (tests/test_recurrent.py).
+longest, padding after each utterance's last frame.
+
+Each bidirectional layer is two unidirectional layers: one reads the batch as it is, the
+other reads each utterance reversed within its own length (padding stays at the end), and
+its output is reversed back. Both therefore meet an utterance's real frames before any
+padding, so the padding never changes a real frame's output; loss, accuracy and
+predictions then take the real frames only (tests/test_recurrent.py). This is what
+``pack_padded_sequence`` with a bidirectional ``nn.LSTM`` computes, but on CPU it runs
+about 7x faster (measured: 1.6 s against 11.3 s for a training step of 16 utterances of
+up to 400 frames, 3 layers of 256 units, 2 cores): unpacked unidirectional layers take
+oneDNN's fused RNN kernels, packed sequences and the bidirectional layer do not.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from timit_lit.data import InputError
 from timit_lit.model import PhoneModel
@@ -56,21 +62,38 @@ class RecurrentPhoneClassifier(PhoneModel):
         self.save_hyperparameters()
         if steps_per_call != 1:
             raise InputError("model RecurrentPhoneClassifier needs data.steps_per_call 1")
-        self.rnn = CELLS[cell](input_dim, hidden_size, num_layers, batch_first=True, bidirectional=True,
-                               dropout=dropout if num_layers > 1 else 0.0)
+        widths = [input_dim] + [2 * hidden_size] * (num_layers - 1)
+        self.forward_layers = nn.ModuleList(CELLS[cell](n, hidden_size, batch_first=True) for n in widths)
+        self.backward_layers = nn.ModuleList(CELLS[cell](n, hidden_size, batch_first=True) for n in widths)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits ``utterances x frames x classes`` for zero-padded ``x`` (``utterances x
-        frames x features``) of the given real ``lengths``; padded frames' logits are 0."""
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        return self.head(self.dropout(out))
+        """Logits ``utterances x frames x classes`` for padded ``x`` (``utterances x frames x
+        features``) of the given real ``lengths``; padded frames' logits mean nothing."""
+        reverse = _reversal_index(lengths.to(x.device), x.shape[1])
+        h = x
+        for i, (ahead, back) in enumerate(zip(self.forward_layers, self.backward_layers)):
+            if i:
+                h = self.dropout(h)
+            h_back = back(_reverse(h, reverse))[0]
+            h = torch.cat([ahead(h)[0], _reverse(h_back, reverse)], dim=2)
+        return self.head(self.dropout(h))
 
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, targets, lengths = batch
         real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
         # Boolean indexing keeps row-major order: utterance by utterance, frames in time order.
         return self(x, lengths)[real], targets[real]
+
+
+def _reversal_index(lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """``index[u, t]``: the frame that lands at ``t`` when utterance ``u`` is reversed within
+    its length, padding left where it is (its own inverse)."""
+    t = torch.arange(n_frames, device=lengths.device)[None, :]
+    last = lengths[:, None] - 1
+    return torch.where(t <= last, last - t, t)
+
+
+def _reverse(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return h.gather(1, index[:, :, None].expand_as(h))
