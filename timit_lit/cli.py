@@ -16,9 +16,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
 
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -29,14 +27,12 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError, TimitDataModule
 from timit_lit.decoding import ViterbiEvaluation
+from timit_lit.ensemble import ensemble_data_settings
 from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.prediction import CsvPredictionWriter
-from timit_lit.resume import AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint, logger_version
-
-# ckpt_path values that Lightning resolves itself rather than reading a file.
-_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
-
+from timit_lit.resume import (AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint,
+                              logger_version, read_checkpoint)
 
 class TimitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -88,7 +84,11 @@ class TimitCLI(LightningCLI):
         if asked in ("last", "hpc"):
             config.ckpt_path = str(_last_checkpoint(config) if asked == "last" else _hpc_checkpoint(config))
             rank_zero_info(f"timit_lit: --ckpt_path {asked} is {config.ckpt_path}")
-        self._checkpoint = _read_checkpoint(config.ckpt_path)
+        self._checkpoint = read_checkpoint(config.ckpt_path)
+        if config.model.class_path == "timit_lit.ensemble.CheckpointEnsemble":
+            # The data its members need (the same from any of its checkpoints as from ckpt_path).
+            data = ensemble_data_settings(config.model.init_args.checkpoints)
+            self.config = parser.parse_object({subcommand: {"data": data}}, self.config)
         if self._checkpoint is None:
             return
         path, checkpoint = self._checkpoint
@@ -202,22 +202,6 @@ def _hpc_checkpoint(config) -> Path:
     if found is None:
         raise InputError(f"{root}: --ckpt_path hpc found no hpc_ckpt_N.ckpt (written on SLURM's requeue signal)")
     return found
-
-
-def _read_checkpoint(path) -> Optional[tuple[str, dict]]:
-    """The path and (memory-mapped) contents of a checkpoint file; None for no path and for
-    Lightning's special values such as ``best``, which it resolves itself."""
-    if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
-        return None
-    if not Path(path).is_file():
-        raise InputError(f"{path}: checkpoint file not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    return str(path), checkpoint
 
 
 def _quiet_known_warnings() -> None:

@@ -11,7 +11,8 @@ The pieces, all used by the CLI:
 - :class:`AtomicCheckpointIO`: checkpoints written under a temporary name beside the
   target and renamed, so a kill never leaves a truncated ``last.ckpt``.
 - :func:`find_last_checkpoint` and :func:`find_hpc_checkpoint`: what ``--ckpt_path last``
-  and ``--ckpt_path hpc`` mean on the command line.
+  and ``--ckpt_path hpc`` mean on the command line; :func:`read_checkpoint` opens a
+  checkpoint file given by the user, with one-line errors.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+from timit_lit.data import InputError
 from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_states
 
 CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
@@ -156,3 +159,23 @@ def logger_version(checkpoint: dict, path: Path) -> Any:
         return recorded
     folder = path.parent.parent.name
     return int(folder[len("version_") :]) if folder.startswith("version_") and folder[8:].isdigit() else folder
+
+
+# ckpt_path values that Lightning resolves itself rather than reading a file.
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def read_checkpoint(path) -> Optional[tuple[str, dict]]:
+    """The path and (memory-mapped) contents of a checkpoint file; None for no path and for
+    Lightning's special values such as ``best``, which it resolves itself."""
+    if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
+        return None
+    if not Path(path).is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return str(path), checkpoint

@@ -1,0 +1,115 @@
+"""Ensembles: several trained checkpoints as one model whose posteriors are their average.
+
+Networks trained apart make partly different mistakes; averaging their class posteriors
+frame by frame (before any decoding) is the simplest way to combine them. Members may be
+of any kind (MLPs of different context widths, recurrent models): the data module serves
+what the most demanding member needs (the widest context; utterance batches if any member
+takes them), and each member gets its own view of the batch: its window width cut from
+the centre of each frame's wider window (the same frames: windows are clipped at
+utterance edges frame by frame), and the real frames as rows for a frame classifier.
+
+Used from the command line with ``validate``, ``test`` or ``predict``:
+
+    python -m timit_lit test --config configs/ensemble.yaml --model.checkpoints '[A.ckpt, B.ckpt]'
+"""
+
+from __future__ import annotations
+
+import importlib
+import torch
+from torch import nn
+
+from timit_lit.data import InputError, TimitDataModule
+from timit_lit.model import PhoneModel
+from timit_lit.resume import read_checkpoint
+
+
+def member_data_settings(path: str) -> dict:
+    """The data settings a checkpoint's model was trained with (those in ``MODEL_DEFINING``)."""
+    path, checkpoint = read_checkpoint(path)
+    saved = checkpoint.get("datamodule_hyper_parameters", {})
+    defaults = {"num_classes": 39, "context": 11, "batch_by": "rows"}  # TimitDataModule's
+    assert set(defaults) == set(TimitDataModule.MODEL_DEFINING)
+    return {key: saved.get(key, default) for key, default in defaults.items()}
+
+
+def ensemble_data_settings(paths: list[str]) -> dict:
+    """The data settings that serve every member: the widest context, utterance batches if any
+    member takes them; all members must predict the same classes."""
+    if not paths:
+        raise InputError("model.checkpoints is empty: list the checkpoints to ensemble")
+    settings = {path: member_data_settings(path) for path in paths}
+    classes = {s["num_classes"] for s in settings.values()}
+    if len(classes) > 1:
+        detail = ", ".join(f"{p}: {s['num_classes']}" for p, s in settings.items())
+        raise InputError(f"ensemble members predict different numbers of classes ({detail})")
+    return {
+        "num_classes": classes.pop(),
+        "context": max(s["context"] for s in settings.values()),
+        "batch_by": "utterances" if any(s["batch_by"] == "utterances" for s in settings.values()) else "rows",
+    }
+
+
+def load_member(path: str) -> PhoneModel:
+    """A trained model from its checkpoint, of the class it was trained as, for inference."""
+    path, checkpoint = read_checkpoint(path)
+    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path", "timit_lit.model.PhoneClassifier")
+    module, _, name = class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)
+    if not (isinstance(model_class, type) and issubclass(model_class, PhoneModel)) or model_class is CheckpointEnsemble:
+        raise InputError(f"{path}: holds a {class_path}, not a trained phone model")
+    try:
+        model = model_class.load_from_checkpoint(path, map_location="cpu")
+    except Exception as error:
+        raise InputError(f"{path}: cannot load its model ({type(error).__name__}: {error})") from error
+    model.context = member_data_settings(path)["context"]
+    return model.eval()
+
+
+class CheckpointEnsemble(PhoneModel):
+    """The average of the class posteriors of several trained checkpoints.
+
+    Its "logits" are the log of the averaged posteriors, so its softmax is the average,
+    its cross-entropy the ensemble's, and Viterbi decoding and the CSV writer take it as
+    any model. An ensemble of one checkpoint is that checkpoint (tested).
+
+    Args:
+        checkpoints: paths of the members' checkpoints (``.ckpt`` written by ``fit``).
+        input_dim: features per input row (linked from the data, which the CLI sets up
+            for the members: :func:`ensemble_data_settings`).
+        num_classes: phone classes (linked from the data).
+        steps_per_call: linked from the data; unused (an ensemble is not trained).
+    """
+
+    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39, steps_per_call: int = 1):
+        super().__init__(num_classes, lr=0.0)
+        self.save_hyperparameters()
+        self.members = nn.ModuleList(load_member(path) for path in checkpoints)
+        settings = ensemble_data_settings(checkpoints)
+        self.batch_by = settings["batch_by"]
+        self.context = settings["context"]
+        # What the data serves per frame: context frames of FRAME_DIMS features, or (context 11)
+        # the file's own rows, whose width may be anything.
+        self.frame_dims = input_dim // self.context
+
+    def _member_batch(self, member: PhoneModel, batch):
+        """The batch as ``member`` takes it: its context width, rows or utterances."""
+        x, targets = batch[0], batch[1]
+        if member.context != self.context:  # the centre member.context frames of each window
+            first = (self.context - member.context) // 2 * self.frame_dims
+            x = x[..., first : first + member.context * self.frame_dims]
+        if self.batch_by == "utterances" and member.batch_by == "rows":
+            lengths = batch[2].to(x.device)
+            real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+            return x[real], targets[real]
+        return (x, targets, *batch[2:])
+
+    def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        posteriors, targets = 0.0, None
+        for member in self.members:
+            logits, targets = member.frame_logits(self._member_batch(member, batch))
+            posteriors = posteriors + logits.softmax(dim=1)
+        return (posteriors / len(self.members)).clamp_min(1e-30).log(), targets
+
+    def on_fit_start(self) -> None:
+        raise InputError("model CheckpointEnsemble combines trained checkpoints: use it with validate, test or predict")
