@@ -196,10 +196,19 @@ class PhoneClassifier(PhoneModel):
         self.log("train/acc", correct / rows, on_step=False, on_epoch=True, batch_size=rows)
         return None
 
-    def on_fit_start(self) -> None:
+    @property
+    def own_steps(self) -> Optional[str]:
+        """The option that has the model take its optimizer steps itself; None when Lightning takes them."""
         if self.automatic_optimization:
+            return None
+        return "model.cuda_graph" if self.hparams.cuda_graph else "data.steps_per_call > 1"
+
+    def on_fit_start(self) -> None:
+        # What Lightning's steps would do and the model's own would not. Gradient clipping and
+        # accumulation are refused before this hook runs, by the CLI (TimitCLI.before_fit).
+        trainer, option = self.trainer, self.own_steps
+        if option is None:
             return
-        trainer, option = self.trainer, "model.cuda_graph" if self.hparams.cuda_graph else "data.steps_per_call > 1"
         if trainer.lr_scheduler_configs:
             raise InputError(f"{option} takes the optimizer steps itself, and Lightning then steps no learning-rate "
                              f"scheduler: use steps_per_call 1 with a scheduler")
