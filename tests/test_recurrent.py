@@ -6,7 +6,6 @@ import torch
 from torch.nn import functional as F
 
 from conftest import REPO, run_in
-from timit_lit.cli import main
 from timit_lit.data import UtteranceDataset
 from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.utterances import utterance_starts
