@@ -1,14 +1,19 @@
 """Viterbi decoding: exact against brute force, utterance by utterance, and useful on phone-like data."""
 
 import itertools
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_in
-from timit_lit.decoding import PhoneStatistics, choose_transition_weight, frame_accuracy, viterbi_decode
+from conftest import BASELINE, FAST, run_in
+from timit_lit import decoding
+from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, TimitDataModule
+from timit_lit.decoding import (STATISTICS_KEY, PhoneStatistics, ViterbiEvaluation, choose_transition_weight,
+                                frame_accuracy, viterbi_decode)
 from timit_lit.synthetic import NUM_PHONES, write_synthetic_timit
+from timit_lit.utterances import segment_offsets, utterance_starts
 
 
 def random_stats(rng, num_phones):
@@ -152,21 +157,131 @@ def test_decoding_is_scored_in_validate_and_test(stage, tiny_data, best_checkpoi
     # (whether decoding helps is measured on the replica, README; the tiny run's model is near chance)
 
 
-def test_predict_writes_decoded_classes(tiny_data, best_checkpoint, tmp_path):
-    def predict(name, *decoding):
-        run_in(tmp_path, "predict", "--ckpt_path", str(best_checkpoint), "--data.data_dir", str(tiny_data),
-               "--prediction.output_path", name, "--prediction.posteriors_path", name + ".npy", *decoding)
-        return (tmp_path / name).read_text()
+def saved_statistics(checkpoint) -> PhoneStatistics:
+    return PhoneStatistics.from_state_dict(torch.load(checkpoint, weights_only=True)[STATISTICS_KEY])
 
-    framewise = predict("plain.csv")
+
+def split_statistics(data_dir, **options):
+    """What fit should count: the training split's rows only, cut at utterances and split cuts; and all rows'."""
+    dm = TimitDataModule(str(data_dir), **options)
+    features, labels = np.load(data_dir / TRAIN_FEATURES), np.load(data_dir / TRAIN_LABELS).astype(np.int64)
+    starts = utterance_starts(features)
+    train_rows, _ = dm._split(len(features), starts)
+    split = PhoneStatistics.estimate(labels[train_rows], segment_offsets(train_rows, starts))
+    return split, PhoneStatistics.estimate(labels, starts)
+
+
+def assert_same_statistics(got, expected):
+    for name in ("frames", "initial", "transitions"):
+        assert np.array_equal(getattr(got, name), getattr(expected, name)), name
+    assert got.smoothing == expected.smoothing
+
+
+def test_fit_saves_the_training_split_statistics_in_every_checkpoint(tiny_data, trained_run):
+    split, all_rows = split_statistics(tiny_data)
+    checkpoints = sorted((trained_run / "checkpoints").glob("*.ckpt"))
+    assert len(checkpoints) == 2  # the best and last.ckpt
+    for checkpoint in checkpoints:
+        assert_same_statistics(saved_statistics(checkpoint), split)
+    # The validation rows' labels are left out: fewer frames, other transitions.
+    assert split.frames.sum() < all_rows.frames.sum()
+    assert not np.array_equal(split.transitions, all_rows.transitions)
+
+
+def test_utterance_split_and_weights_only_checkpoints_carry_them_too(tiny_data, tmp_path):
+    """The utterance split (its own cuts), rebuilt context windows, and a checkpoint without callback state."""
+    run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST, "--trainer.max_epochs", "1",
+           "--data.split", "utterance", "--data.split_seed", "3", "--data.context", "21",
+           "--checkpoint.save_weights_only", "true")
+    (best,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
+    assert "optimizer_states" not in torch.load(best, weights_only=True)  # weights only indeed
+    split, all_rows = split_statistics(tiny_data, split="utterance", split_seed=3)
+    assert_same_statistics(saved_statistics(best), split)
+    assert split.frames.sum() < all_rows.frames.sum()
+
+
+def test_fit_scores_decoding_with_the_statistics_it_counted(tiny_data, tmp_path):
+    cli = run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST,
+                 "--trainer.max_epochs", "2", "--decoding.enabled", "true")
+    in_fit = cli.trainer.callback_metrics["val/acc_viterbi"].item()
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    again = run_in(tmp_path, "validate", "--ckpt_path", str(last), "--data.data_dir", str(tiny_data),
+                   "--decoding.enabled", "true")
+    assert again.trainer.callback_metrics["val/acc_viterbi"].item() == in_fit
+
+
+def without_training_files(data_dir, copy):
+    shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("float32_cache"))
+    (copy / TRAIN_FEATURES).unlink()
+    (copy / TRAIN_LABELS).unlink()
+    return copy
+
+
+def test_a_checkpoint_decodes_without_the_training_files(tiny_data, best_checkpoint, tmp_path):
+    bare = without_training_files(tiny_data, tmp_path / "bare")
+
+    def test_and_predict(data_dir, name):
+        common = ["--ckpt_path", str(best_checkpoint), "--data.data_dir", str(data_dir), "--decoding.enabled", "true"]
+        cli = run_in(tmp_path, "test", *common)
+        run_in(tmp_path, "predict", *common, "--prediction.output_path", name)
+        return cli.trainer.callback_metrics["test/acc_viterbi"].item(), (tmp_path / name).read_text()
+
+    assert test_and_predict(bare, "bare.csv") == test_and_predict(tiny_data, "full.csv")
+
+
+def test_predict_writes_decoded_classes(tiny_data, best_checkpoint, tmp_path):
+    def predict(name, *decoding, checkpoint=best_checkpoint):
+        run_in(tmp_path, "predict", "--ckpt_path", str(checkpoint), "--data.data_dir", str(tiny_data),
+               "--prediction.output_path", name, "--prediction.posteriors_path", name + ".npy", *decoding)
+        classes = np.array([int(line.split(",")[1]) for line in (tmp_path / name).read_text().splitlines()[1:]])
+        return (tmp_path / name).read_text(), classes
+
+    def decoded_directly(name, stats):
+        """Decoding the saved posteriors with ``stats``."""
+        posteriors = torch.from_numpy(np.load(tmp_path / (name + ".npy"))).clamp_min(1e-30).log()
+        return ViterbiEvaluation(True, 1.0, 1.0).decode(TimitDataModule(str(tiny_data)), posteriors,
+                                                         np.arange(len(posteriors)), TEST_FEATURES, stats).numpy()
+
+    framewise, _ = predict("plain.csv")
     assert predict("zero.csv", "--decoding.enabled", "true", "--decoding.transition_weight", "0",
-                   "--decoding.prior_weight", "0") == framewise  # weights 0: the argmax, byte for byte
-    decoded = predict("viterbi.csv", "--decoding.enabled", "true", "--decoding.transition_weight", "1")
-    classes = np.array([int(line.split(",")[1]) for line in decoded.splitlines()[1:]])
-    # The same as decoding the saved posteriors directly.
-    from timit_lit.data import TEST_FEATURES, TimitDataModule
-    from timit_lit.decoding import ViterbiEvaluation
-    posteriors = torch.from_numpy(np.load(tmp_path / "viterbi.csv.npy")).clamp_min(1e-30).log()
+                   "--decoding.prior_weight", "0")[0] == framewise  # weights 0: the argmax, byte for byte
+    decoding = ["--decoding.enabled", "true", "--decoding.transition_weight", "1"]
+    _, classes = predict("viterbi.csv", *decoding)
+    assert np.array_equal(classes, decoded_directly("viterbi.csv", saved_statistics(best_checkpoint)))
+    # The statistics come from the checkpoint: other statistics there (phones that hardly
+    # ever change), other classes.
+    checkpoint = torch.load(best_checkpoint, weights_only=True)
+    sticky = PhoneStatistics.from_state_dict(checkpoint[STATISTICS_KEY])
+    sticky.transitions = sticky.transitions + 10**6 * np.eye(NUM_PHONES, dtype=np.int64)
+    checkpoint[STATISTICS_KEY] = sticky.state_dict()
+    torch.save(checkpoint, tmp_path / "sticky.ckpt")
+    _, sticky_classes = predict("sticky.csv", *decoding, checkpoint=tmp_path / "sticky.ckpt")
+    assert np.array_equal(sticky_classes, decoded_directly("sticky.csv", sticky))
+    assert not np.array_equal(sticky_classes, classes)
+
+
+def test_a_checkpoint_without_statistics_counts_them_from_the_training_file(tiny_data, best_checkpoint, tmp_path,
+                                                                            monkeypatch, capsys):
+    """Checkpoints from before the statistics were saved: all rows of train_label_11.npy, as decoding did then."""
+    checkpoint = torch.load(best_checkpoint, weights_only=True)
+    del checkpoint[STATISTICS_KEY]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    said = []
+    monkeypatch.setattr(decoding, "rank_zero_info", said.append)
+    run_in(tmp_path, "predict", "--ckpt_path", str(old), "--data.data_dir", str(tiny_data), "--decoding.enabled", "true",
+           "--prediction.posteriors_path", "old.npy")
+    assert any(line.startswith(f"timit_lit: no phone statistics in {old}") for line in said), said
+    classes = np.array([int(line.split(",")[1]) for line in (tmp_path / "prediction.csv").read_text().splitlines()[1:]])
+    posteriors = torch.from_numpy(np.load(tmp_path / "old.npy")).clamp_min(1e-30).log()
+    _, all_rows = split_statistics(tiny_data)
     expected = ViterbiEvaluation(True, 1.0, 1.0).decode(TimitDataModule(str(tiny_data)), posteriors,
-                                                        np.arange(len(posteriors)), TEST_FEATURES)
+                                                        np.arange(len(posteriors)), TEST_FEATURES, all_rows)
     assert np.array_equal(classes, expected.numpy())
+    # Without the training files such a checkpoint cannot decode, and says which file is missing.
+    bare = without_training_files(tiny_data, tmp_path / "bare")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "test", "--ckpt_path", str(old), "--data.data_dir", str(bare), "--decoding.enabled", "true")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"timit_lit: error: {bare / TRAIN_FEATURES}: file not found (expected a rows x features .npy array)")

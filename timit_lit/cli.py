@@ -157,7 +157,20 @@ class TimitCLI(LightningCLI):
                     f"{self.datamodule.num_classes} classes)"
                 )
 
-    before_fit = before_validate = before_test = _check_checkpoint_fits
+    before_validate = before_test = _check_checkpoint_fits
+
+    def before_fit(self) -> None:
+        self._check_checkpoint_fits()
+        # A model that takes its own optimizer steps (PhoneClassifier.own_steps) cannot clip or
+        # accumulate Lightning's way. Lightning refuses both before any model hook, with a
+        # traceback; say it in one line instead. The model checks the rest in on_fit_start.
+        option, trainer = getattr(self.model, "own_steps", None), self.trainer
+        if option and (trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1):
+            raise InputError(
+                f"{option} takes the optimizer steps itself, so Lightning clips no gradients and accumulates no "
+                f"batches: use steps_per_call 1 and cuda_graph false with trainer.gradient_clip_val or "
+                f"trainer.accumulate_grad_batches"
+            )
 
     def before_predict(self) -> None:
         self._check_checkpoint_fits()
@@ -212,6 +225,9 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     # Metrics are logged per epoch only, so Lightning's per-step logging interval does not apply.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    # --optimizer / --lr_scheduler replace PhoneModel.configure_optimizers (Adam at model.lr): that
+    # is what they are for, and the README says so (model.lr is then unused).
+    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by .*")
     # Lightning 2.6 calls a torch pytree API that torch >= 2.10 deprecates.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 

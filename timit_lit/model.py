@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from timit_lit.train_steps import TrainSteps
 from timit_lit.data import InputError
+from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -46,8 +47,9 @@ def mlp(
 
 class PhoneModel(pl.LightningModule):
     """What every network of this project shares: cross-entropy on the labelled frames,
-    torchmetrics accuracy, epoch-level logging, Adam, and predictions as (row id, class,
-    posteriors) per frame, so the CSV writer and the decoder never see the network.
+    torchmetrics accuracy, epoch-level logging, Adam, predictions as (row id, class,
+    posteriors) per frame, so the CSV writer and the decoder never see the network, and
+    the phone statistics of its training split, for the decoder, carried in its checkpoints.
 
     A subclass builds its network and says, in :meth:`frame_logits`, how a batch becomes
     one row of logits per real frame. The CLI takes any subclass as ``model.class_path``
@@ -68,11 +70,27 @@ class PhoneModel(pl.LightningModule):
         # they add up on the device, read once per epoch. Not part of the checkpoint.
         self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.lr = lr
+        # Counted by fit (timit_lit.decoding.ViterbiEvaluation), saved and read back with the
+        # checkpoint, so that decoding needs no training files; None if not yet known.
+        self.phone_statistics: Optional[PhoneStatistics] = None
 
     def setup(self, stage: str) -> None:
         data = getattr(self.trainer, "datamodule", None)
         if data is not None and getattr(data, "batch_by", self.batch_by) != self.batch_by:
             raise InputError(f"model {type(self).__name__} takes batches of {self.batch_by}: set data.batch_by {self.batch_by}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Here rather than in the decoder's callback: Lightning skips callbacks' hooks for weights-only checkpoints.
+        if self.phone_statistics is not None:
+            checkpoint[STATISTICS_KEY] = self.phone_statistics.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning restores callbacks' state only when fitting, so the decoder finds them here.
+        # A fit keeps those it has just counted from its own training split.
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        if not fitting:
+            saved = checkpoint.get(STATISTICS_KEY)
+            self.phone_statistics = PhoneStatistics.from_state_dict(saved) if saved is not None else None
 
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, targets)``: one row of class logits per real frame of ``batch``, in the
@@ -178,10 +196,19 @@ class PhoneClassifier(PhoneModel):
         self.log("train/acc", correct / rows, on_step=False, on_epoch=True, batch_size=rows)
         return None
 
-    def on_fit_start(self) -> None:
+    @property
+    def own_steps(self) -> Optional[str]:
+        """The option that has the model take its optimizer steps itself; None when Lightning takes them."""
         if self.automatic_optimization:
+            return None
+        return "model.cuda_graph" if self.hparams.cuda_graph else "data.steps_per_call > 1"
+
+    def on_fit_start(self) -> None:
+        # What Lightning's steps would do and the model's own would not. Gradient clipping and
+        # accumulation are refused before this hook runs, by the CLI (TimitCLI.before_fit).
+        trainer, option = self.trainer, self.own_steps
+        if option is None:
             return
-        trainer, option = self.trainer, "model.cuda_graph" if self.hparams.cuda_graph else "data.steps_per_call > 1"
         if trainer.lr_scheduler_configs:
             raise InputError(f"{option} takes the optimizer steps itself, and Lightning then steps no learning-rate "
                              f"scheduler: use steps_per_call 1 with a scheduler")

@@ -104,7 +104,8 @@ class CsvPredictionWriter(BasePredictionWriter):
             raise RuntimeError(f"predictions cover {len(np.unique(ids))} distinct of {expected} rows ({len(ids)} in all)")
         if decoder is not None:  # Viterbi over the test file's utterances instead of each row's argmax
             log_posteriors = torch.from_numpy(posteriors[order].astype(np.float32)).clamp_min(1e-30).log()
-            classes[order] = decoder.decode(trainer.datamodule, log_posteriors, ids[order], TEST_FEATURES).numpy()
+            stats = decoder.statistics(trainer, pl_module)
+            classes[order] = decoder.decode(trainer.datamodule, log_posteriors, ids[order], TEST_FEATURES, stats).numpy()
             rank_zero_info(f"Classes decoded with Viterbi (transition weight {decoder.transition_weight})")
         columns = [ids[order], classes[order]]
         if self.with_phone:
