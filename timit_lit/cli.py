@@ -27,10 +27,11 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError, TimitDataModule
 from timit_lit.decoding import ViterbiEvaluation
-from timit_lit.ensemble import ensemble_data_settings
+from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings  # noqa: F401 (as below)
 from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.prediction import CsvPredictionWriter
+from timit_lit.recurrent import RecurrentPhoneClassifier  # noqa: F401 (imported: the short class names work on the command line)
 from timit_lit.resume import (AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint,
                               logger_version, read_checkpoint)
 

@@ -91,6 +91,8 @@ class CheckpointEnsemble(PhoneModel):
         # What the data serves per frame: context frames of FRAME_DIMS features, or (context 11)
         # the file's own rows, whose width may be anything.
         self.frame_dims = input_dim // self.context
+        # Viterbi decoding of the average uses the first member's phone statistics.
+        self.phone_statistics = next((m.phone_statistics for m in self.members if m.phone_statistics is not None), None)
 
     def _member_batch(self, member: PhoneModel, batch):
         """The batch as ``member`` takes it: its context width, rows or utterances."""
