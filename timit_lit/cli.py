@@ -1,7 +1,8 @@
 """The command line: ``python -m timit_lit {fit,validate,test,predict} --config ...``.
 
-LightningCLI builds every option from the signatures of :class:`TimitDataModule`,
-:class:`PhoneClassifier` and the Trainer. On top of it this module adds what every run of
+LightningCLI builds every option from the signatures of :class:`TimitDataModule`, the
+network chosen as ``model.class_path`` (any :class:`~timit_lit.model.PhoneModel`, by
+default the MLP :class:`~timit_lit.model.PhoneClassifier`) and the Trainer. On top of it this module adds what every run of
 this task needs whatever the config says: the best-``val/acc`` checkpoint plus
 ``last.ckpt``, the CSV writer for ``predict``, the TensorBoard extras of
 :mod:`timit_lit.monitoring`, the input width and class count linked from the data into
@@ -27,13 +28,17 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError, TimitDataModule
 from timit_lit.decoding import ViterbiEvaluation
-from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings  # noqa: F401 (as below)
+from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings
 from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.prediction import CsvPredictionWriter
-from timit_lit.recurrent import RecurrentPhoneClassifier  # noqa: F401 (imported: the short class names work on the command line)
+from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.resume import (AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint,
                               logger_version, read_checkpoint)
+
+# Imported so that their short names work on the command line (--model RecurrentPhoneClassifier).
+NETWORKS = (PhoneModel, RecurrentPhoneClassifier, CheckpointEnsemble)
+
 
 class TimitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
