@@ -68,3 +68,14 @@ def test_ensemble_errors_are_one_line(tiny_data, best_checkpoint, tmp_path, caps
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("timit_lit: error:") and message in err
+
+
+def test_ensemble_validates_on_its_members_split(tiny_data, tmp_path):
+    member = fit(tmp_path, "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST,
+                 "--data.split", "utterance", "--data.split_seed", "3")
+    alone = run_in(tmp_path, "validate", "--ckpt_path", member, "--data.data_dir", str(tiny_data),
+                   "--data.split", "utterance", "--data.split_seed", "3").trainer.callback_metrics
+    # No split options given: the ensemble takes its member's.
+    ensemble = run_in(tmp_path, "validate", "--config", ENSEMBLE, "--model.checkpoints", f"[{member}]",
+                      "--data.data_dir", str(tiny_data)).trainer.callback_metrics
+    assert float(ensemble["val/acc"]) == float(alone["val/acc"]) == pytest.approx(float(member[-11:-5]), abs=1e-4)

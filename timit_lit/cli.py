@@ -132,6 +132,9 @@ class TimitCLI(LightningCLI):
             # No validation: keep the latest epoch rather than wait for a metric that never comes.
             config.checkpoint.monitor = None
             config.checkpoint.filename = "epoch={epoch:02d}"
+        if self.subcommand in ("validate", "test", "predict"):
+            # Configs for these (ensemble.yaml) set no epochs, and Lightning warns about it anyway.
+            warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
 
     def instantiate_trainer(self, **kwargs):
         """The default logger, as Lightning makes it (TensorBoard in ``default_root_dir``, the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
 from timit_lit.data import InputError, TimitDataModule
@@ -24,18 +25,25 @@ from timit_lit.model import PhoneModel
 from timit_lit.resume import read_checkpoint
 
 
+# TimitDataModule's defaults of what an ensemble takes from its members.
+MEMBER_DEFAULTS = {"num_classes": 39, "context": 11, "batch_by": "rows", "split": "contiguous", "split_seed": 0,
+                   "val_ratio": 0.2}
+
+
 def member_data_settings(path: str) -> dict:
-    """The data settings a checkpoint's model was trained with (those in ``MODEL_DEFINING``)."""
+    """The data settings a checkpoint's model was trained with: those that define its input
+    (``MODEL_DEFINING``) and its validation split."""
     path, checkpoint = read_checkpoint(path)
     saved = checkpoint.get("datamodule_hyper_parameters", {})
-    defaults = {"num_classes": 39, "context": 11, "batch_by": "rows"}  # TimitDataModule's
-    assert set(defaults) == set(TimitDataModule.MODEL_DEFINING)
-    return {key: saved.get(key, default) for key, default in defaults.items()}
+    assert set(TimitDataModule.MODEL_DEFINING) <= set(MEMBER_DEFAULTS)
+    return {key: saved.get(key, default) for key, default in MEMBER_DEFAULTS.items()}
 
 
 def ensemble_data_settings(paths: list[str]) -> dict:
     """The data settings that serve every member: the widest context, utterance batches if any
-    member takes them; all members must predict the same classes."""
+    member takes them, and the first member's validation split (``validate`` scores the
+    ensemble there; say so when members were validated on different splits). All members
+    must predict the same classes."""
     if not paths:
         raise InputError("model.checkpoints is empty: list the checkpoints to ensemble")
     settings = {path: member_data_settings(path) for path in paths}
@@ -43,7 +51,13 @@ def ensemble_data_settings(paths: list[str]) -> dict:
     if len(classes) > 1:
         detail = ", ".join(f"{p}: {s['num_classes']}" for p, s in settings.items())
         raise InputError(f"ensemble members predict different numbers of classes ({detail})")
+    splits = {tuple(s[key] for key in ("split", "split_seed", "val_ratio")) for s in settings.values()}
+    if len(splits) > 1:
+        rank_zero_warn("ensemble members were validated on different splits: the ensemble's val/acc includes rows "
+                       "that some members trained on (test/acc is unaffected)")
+    first = settings[paths[0]]
     return {
+        "split": first["split"], "split_seed": first["split_seed"], "val_ratio": first["val_ratio"],
         "num_classes": classes.pop(),
         "context": max(s["context"] for s in settings.values()),
         "batch_by": "utterances" if any(s["batch_by"] == "utterances" for s in settings.values()) else "rows",
@@ -85,9 +99,11 @@ class CheckpointEnsemble(PhoneModel):
         super().__init__(num_classes, lr=0.0)
         self.save_hyperparameters()
         self.members = nn.ModuleList(load_member(path) for path in checkpoints)
-        settings = ensemble_data_settings(checkpoints)
-        self.batch_by = settings["batch_by"]
-        self.context = settings["context"]
+        if not self.members:
+            raise InputError("model.checkpoints is empty: list the checkpoints to ensemble")
+        # As ensemble_data_settings serves them (the CLI sets the data up with it).
+        self.batch_by = "utterances" if any(m.batch_by == "utterances" for m in self.members) else "rows"
+        self.context = max(m.context for m in self.members)
         # What the data serves per frame: context frames of FRAME_DIMS features, or (context 11)
         # the file's own rows, whose width may be anything.
         self.frame_dims = input_dim // self.context
