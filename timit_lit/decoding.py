@@ -265,7 +265,7 @@ class ViterbiEvaluation(pl.Callback):
     collected in row order, cut into utterances and decoded. One process only.
 
     Args:
-        enabled: decode (off by default: it costs a second forward pass per batch).
+        enabled: decode (off by default).
         transition_weight: weight of the log transition probabilities (0: framewise).
         prior_weight: weight of the log priors divided out of the posteriors.
     """
@@ -283,15 +283,17 @@ class ViterbiEvaluation(pl.Callback):
     def _active(self, trainer: pl.Trainer) -> bool:
         return self.enabled and trainer.state.fn in ("fit", "validate", "test") and not trainer.sanity_checking
 
-    def _collect(self, trainer, pl_module, batch) -> None:
+    def _collect(self, trainer, pl_module, outputs, batch) -> None:
         if self._active(trainer):
-            self._log_posteriors.append(pl_module.frame_logits(batch)[0].log_softmax(dim=1).cpu())
+            # The step's frame logits (PhoneModel returns them), or a forward pass for a model that does not.
+            logits = outputs if isinstance(outputs, torch.Tensor) else pl_module.frame_logits(batch)[0]
+            self._log_posteriors.append(logits.detach().log_softmax(dim=1).cpu())
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, batch)
+        self._collect(trainer, pl_module, outputs, batch)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, batch)
+        self._collect(trainer, pl_module, outputs, batch)
 
     def _score(self, trainer, pl_module, split: str, stage: str) -> None:
         if not self._active(trainer):

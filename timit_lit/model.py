@@ -97,8 +97,9 @@ class PhoneModel(pl.LightningModule):
         batch's frame order, and each frame's label (or, in ``predict``, its row id)."""
         raise NotImplementedError
 
-    def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str) -> torch.Tensor:
-        """Loss and accuracy of one batch, logged as epoch averages under ``stage/``."""
+    def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and accuracy of one batch, logged as epoch averages under ``stage/``; returns
+        the loss and the frame logits."""
         logits, y = self.frame_logits(batch)
         loss = F.cross_entropy(logits, y)
         accuracy.update(logits, y)
@@ -107,19 +108,20 @@ class PhoneModel(pl.LightningModule):
         # Epoch-level only: per-step logging would cost time on every step.
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
+        return loss, logits
 
     def training_step(self, batch, batch_idx: int) -> Optional[torch.Tensor]:
-        return self._evaluate(batch, self.train_acc, "train")
+        return self._evaluate(batch, self.train_acc, "train")[0]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_acc, "val")
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Returns the frame logits, which Viterbi decoding (timit_lit.decoding) collects."""
+        return self._evaluate(batch, self.val_acc, "val")[1]
 
     def on_validation_epoch_start(self) -> None:
         self.val_confusion.reset()
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_acc, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, self.test_acc, "test")[1]
 
     def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns each frame's row id in the file, its predicted class and its class posteriors."""
