@@ -12,9 +12,10 @@ its output is reversed back. Both therefore meet an utterance's real frames befo
 padding, so the padding never changes a real frame's output; loss, accuracy and
 predictions then take the real frames only (tests/test_recurrent.py). This is what
 ``pack_padded_sequence`` with a bidirectional ``nn.LSTM`` computes, but on CPU it runs
-about 7x faster (measured: 1.6 s against 11.3 s for a training step of 16 utterances of
-up to 400 frames, 3 layers of 256 units, 2 cores): unpacked unidirectional layers take
-oneDNN's fused RNN kernels, packed sequences and the bidirectional layer do not.
+6x faster (1.80 s against 11.07 s for a training step of 16 utterances of up to 400
+frames, 3 layers of 256 units, 2 cores: ``benchmarks/recurrent.py``): unpacked
+unidirectional layers take oneDNN's fused RNN kernels, packed sequences and the
+bidirectional layer do not.
 """
 
 from __future__ import annotations
