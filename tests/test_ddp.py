@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import BASELINE, QUIET, run_in
+from conftest import BASELINE, QUIET, REPO, run_in
 
 DDP2 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
@@ -47,3 +47,18 @@ def test_fit_on_two_processes(tiny_data, tmp_path):
     events = EventAccumulator(str(tmp_path / "lightning_logs/version_0"), size_guidance={"images": 0}).Reload()
     assert [len(events.Images(tag)) for tag in ("val/confusion", "val/phone_acc")] == [1, 1]
     assert len(events.Scalars("hp/best_val_acc")) == 1
+
+
+def test_recurrent_fit_and_predict_on_two_processes(tiny_data, tmp_path):
+    """Utterance batches under DDP: each process takes whole utterances; the CSV is that of one process."""
+    recurrent = ["--config", str(REPO / "configs" / "recurrent.yaml"), "--data.data_dir", str(tiny_data),
+                 "--model.hidden_size", "16", "--model.num_layers", "1", "--data.batch_size", "4",
+                 "--data.eval_batch_size", "3"]
+    timit_lit(tmp_path, "fit", *recurrent, *DDP2, "--trainer.max_epochs", "1")
+    (best,) = (tmp_path / "lightning_logs/version_0/checkpoints").glob("epoch=*.ckpt")
+    run_in(tmp_path, "predict", *recurrent, "--ckpt_path", str(best), "--prediction.output_path", str(tmp_path / "one.csv"))
+    timit_lit(tmp_path, "predict", *recurrent, *DDP2, "--ckpt_path", str(best),
+              "--prediction.output_path", str(tmp_path / "two.csv"))
+    n_rows = len(np.load(tiny_data / "test_11.npy", mmap_mode="r"))
+    one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
+    assert two.count(b"\n") == n_rows + 1 and one == two
