@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import REPO, run_in
-from timit_lit.data import UtteranceDataset
+from conftest import BASELINE, REPO, run_in
+from timit_lit.data import LengthBucketedOrder, UtteranceDataset
 from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.utterances import utterance_starts
 
@@ -89,3 +89,29 @@ def test_recurrent_model_with_row_batches_is_a_one_line_error(tiny_data, tmp_pat
                "--data.batch_by", "rows", "--trainer.max_epochs", "1")
     assert exit_info.value.code == 2
     assert "set data.batch_by utterances" in capsys.readouterr().err
+
+
+def test_length_bucketed_order_is_a_shuffle_with_little_padding():
+    lengths = np.random.default_rng(0).integers(70, 711, size=1000)
+    torch.manual_seed(5)
+    order = list(LengthBucketedOrder(lengths, batch_size=16))
+    torch.manual_seed(5)
+    assert list(LengthBucketedOrder(lengths, batch_size=16)) == order  # seeded by torch's generator
+    assert sorted(order) == list(range(1000)) and order != sorted(order)  # every utterance once, shuffled
+    assert list(LengthBucketedOrder(lengths, batch_size=16)) != order  # a new order each epoch
+
+    def padded_over_real(order):
+        batches = [lengths[order[i : i + 16]] for i in range(0, len(order), 16)]
+        return sum(b.max() * len(b) for b in batches) / lengths.sum()
+
+    assert padded_over_real(order) < 1.1 < 1.3 < padded_over_real(list(np.random.default_rng(1).permutation(1000)))
+
+
+def test_fit_with_length_buckets(tiny_data, tmp_path, capsys):
+    cli = run_in(tmp_path, "fit", "--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL,
+                 "--data.bucket_by_length", "true", "--trainer.max_epochs", "1")
+    assert isinstance(cli.trainer.train_dataloader.sampler, LengthBucketedOrder)
+    assert 0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1
+    with pytest.raises(SystemExit):
+        run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--data.bucket_by_length", "true")
+    assert "bucket_by_length sorts utterances into batches: it needs batch_by utterances" in capsys.readouterr().err

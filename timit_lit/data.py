@@ -20,7 +20,7 @@ from typing import Literal, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from timit_lit.synthetic import has_timit_files, write_synthetic_timit
 from timit_lit.utterances import segment_offsets, utterance_frames, utterance_starts, windows, windows_torch
@@ -240,6 +240,31 @@ class UtteranceDataset(Dataset):
         return x[0], y[0], lengths[0]
 
 
+class LengthBucketedOrder(Sampler[int]):
+    """A shuffled order of utterances in which each run of ``batch_size`` has similar lengths,
+    so that padded batches hold little padding.
+
+    Each epoch: shuffle, cut into pools of ``pool_batches`` batches, sort each pool by
+    length, cut it into batches, shuffle the batches. Drawn from torch's global generator,
+    like the DataLoader's own shuffling, so ``seed_everything`` and resuming cover it. Under
+    DDP Lightning deals the order out to the processes row by row, and neighbours in it
+    have similar lengths, so each process's batches do too.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, pool_batches: int = 50):
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.pool = batch_size, batch_size * pool_batches
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths))
+        pools = [pool[self.lengths[pool].argsort(stable=True)] for pool in order.split(self.pool)]
+        batches = torch.cat(pools).split(self.batch_size)
+        return iter(torch.cat([batches[i] for i in torch.randperm(len(batches))]).tolist())
+
+
 def keep_batch(batch):
     """Collate for :class:`FrameDataset`: its ``__getitems__`` already returns a batch."""
     return batch
@@ -308,6 +333,10 @@ class TimitDataModule(pl.LightningDataModule):
             ``utterances``: batches of ``batch_size`` whole utterances (``eval_batch_size``
             for evaluation), recovered from the rows' overlap and zero-padded, for
             sequence models such as :class:`timit_lit.recurrent.RecurrentPhoneClassifier`.
+        bucket_by_length: with ``batch_by: utterances``, train on batches of utterances of
+            similar lengths (:class:`LengthBucketedOrder`) rather than random ones: on the
+            replica at 16 utterances per batch the padded batches hold 1.02x the real
+            frames instead of 1.68x. It changes the order of training, so it is off by default.
         features_on_device: copy the features and labels to the accelerator once
             (float32: 2.1 GB for the course's training set) and cut batches there, so
             that only row ids cross to the device per step. On a CPU it changes
@@ -333,6 +362,7 @@ class TimitDataModule(pl.LightningDataModule):
         synthetic: bool = False,
         cache_dir: Optional[str] = None,
         batch_by: Literal["rows", "utterances"] = "rows",
+        bucket_by_length: bool = False,
         features_on_device: bool = False,
     ):
         super().__init__()
@@ -345,6 +375,8 @@ class TimitDataModule(pl.LightningDataModule):
             raise InputError(f"context must be an odd number of frames, got {context}")
         if batch_by == "utterances" and (steps_per_call > 1 or features_on_device):
             raise InputError("batch_by utterances works with steps_per_call 1 and features_on_device false")
+        if bucket_by_length and batch_by != "utterances":
+            raise InputError("bucket_by_length sorts utterances into batches: it needs batch_by utterances")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.steps_per_call = steps_per_call
@@ -357,6 +389,7 @@ class TimitDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_by = batch_by
+        self.bucket_by_length = bucket_by_length
         self.features_on_device = features_on_device
         if synthetic and not has_timit_files(self.data_dir):
             write_synthetic_timit(self.data_dir)
@@ -468,10 +501,15 @@ class TimitDataModule(pl.LightningDataModule):
         return batch
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        dataset = self._loaded[split]
+        sampler = None
+        if shuffle and self.bucket_by_length:
+            sampler, shuffle = LengthBucketedOrder(np.diff(dataset.offsets), batch_size), False
         return DataLoader(
-            self._loaded[split],
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
