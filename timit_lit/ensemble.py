@@ -16,6 +16,7 @@ Used from the command line with ``validate``, ``test`` or ``predict``:
 from __future__ import annotations
 
 import importlib
+import inspect
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
@@ -25,18 +26,16 @@ from timit_lit.model import PhoneModel
 from timit_lit.resume import read_checkpoint
 
 
-# TimitDataModule's defaults of what an ensemble takes from its members.
-MEMBER_DEFAULTS = {"num_classes": 39, "context": 11, "batch_by": "rows", "split": "contiguous", "split_seed": 0,
-                   "val_ratio": 0.2}
+# What an ensemble takes from its members' data settings: what defines their input, and the split.
+MEMBER_SETTINGS = (*TimitDataModule.MODEL_DEFINING, "split", "split_seed", "val_ratio")
 
 
-def member_data_settings(path: str) -> dict:
-    """The data settings a checkpoint's model was trained with: those that define its input
-    (``MODEL_DEFINING``) and its validation split."""
-    path, checkpoint = read_checkpoint(path)
+def member_data_settings(checkpoint: dict) -> dict:
+    """The data settings a checkpoint's model was trained with (TimitDataModule's defaults
+    for any it does not record)."""
     saved = checkpoint.get("datamodule_hyper_parameters", {})
-    assert set(TimitDataModule.MODEL_DEFINING) <= set(MEMBER_DEFAULTS)
-    return {key: saved.get(key, default) for key, default in MEMBER_DEFAULTS.items()}
+    defaults = inspect.signature(TimitDataModule).parameters
+    return {key: saved.get(key, defaults[key].default) for key in MEMBER_SETTINGS}
 
 
 def ensemble_data_settings(paths: list[str]) -> dict:
@@ -46,7 +45,7 @@ def ensemble_data_settings(paths: list[str]) -> dict:
     must predict the same classes."""
     if not paths:
         raise InputError("model.checkpoints is empty: list the checkpoints to ensemble")
-    settings = {path: member_data_settings(path) for path in paths}
+    settings = {path: member_data_settings(read_checkpoint(path)[1]) for path in paths}
     classes = {s["num_classes"] for s in settings.values()}
     if len(classes) > 1:
         detail = ", ".join(f"{p}: {s['num_classes']}" for p, s in settings.items())
@@ -76,7 +75,7 @@ def load_member(path: str) -> PhoneModel:
         model = model_class.load_from_checkpoint(path, map_location="cpu")
     except Exception as error:
         raise InputError(f"{path}: cannot load its model ({type(error).__name__}: {error})") from error
-    model.context = member_data_settings(path)["context"]
+    model.context = member_data_settings(checkpoint)["context"]
     return model.eval()
 
 

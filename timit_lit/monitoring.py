@@ -93,7 +93,7 @@ def _frames(batch) -> int:
     if isinstance(batch, list):
         return sum(_frames(b) for b in batch)
     if len(batch) == 3:
-        return int(batch[2].sum())  # a sequence model has synchronised on the lengths already
+        return int(batch[2].sum())  # a sequence model's step synchronises anyway (masking its real frames)
     return batch[1].numel()
 
 

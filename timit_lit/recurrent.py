@@ -25,7 +25,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from timit_lit.data import InputError
 from timit_lit.model import PhoneModel
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -43,7 +42,7 @@ class RecurrentPhoneClassifier(PhoneModel):
         num_layers: stacked bidirectional layers.
         dropout: dropout between layers and before the output layer (0: none).
         lr: Adam learning rate.
-        steps_per_call: linked from the data; must be 1 (utterance batches are not split).
+        steps_per_call: linked from the data, which allows only 1 with utterance batches.
     """
 
     batch_by = "utterances"
@@ -61,8 +60,6 @@ class RecurrentPhoneClassifier(PhoneModel):
     ):
         super().__init__(num_classes, lr)
         self.save_hyperparameters()
-        if steps_per_call != 1:
-            raise InputError("model RecurrentPhoneClassifier needs data.steps_per_call 1")
         widths = [input_dim] + [2 * hidden_size] * (num_layers - 1)
         self.forward_layers = nn.ModuleList(CELLS[cell](n, hidden_size, batch_first=True) for n in widths)
         self.backward_layers = nn.ModuleList(CELLS[cell](n, hidden_size, batch_first=True) for n in widths)
