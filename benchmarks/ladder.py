@@ -1,0 +1,124 @@
+"""The README's results ladder, end to end: fit each shipped config, then test its best checkpoint.
+
+    python benchmarks/ladder.py --data ../data/replica --out ../runs/ladder          # CPU
+    python benchmarks/ladder.py --data ../data/replica --out ../runs/ladder --gpu    # one GPU
+
+Rungs, in order: ``baseline``, ``strong_mlp`` (+ ``viterbi.yaml``), ``recurrent``
+(+ ``viterbi_recurrent.yaml``) and ``ensemble`` of the recurrent and strong MLP checkpoints
+(+ ``viterbi_recurrent.yaml``). ``--rungs`` picks some (an ensemble needs its members'
+rungs in the same run). Each command is a fresh ``python -m timit_lit``-equivalent
+process, timed from start to exit; its metrics come back as JSON on its last line
+(decoded rungs report ``test/acc_viterbi``). With
+``--gpu`` the MLP rungs also layer ``configs/gpu.yaml`` (the same training, faster); the
+recurrent rung runs on the GPU as it is. ``--fit-args`` are appended to every fit (e.g.
+``"--trainer.max_epochs 1"`` for a smoke run). Prints a Markdown table and writes
+``OUT/ladder.json``. The test split must have labels (the replica's has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# Runs one timit_lit command and prints what the ladder needs as JSON on its last line.
+RUNNER = """
+import json, sys
+from timit_lit.cli import main
+args, sys.argv = sys.argv[1:], sys.argv[:1]
+cli = main(args)
+trainer, checkpoint = cli.trainer, cli.trainer.checkpoint_callback
+result = {name: float(value) for name, value in trainer.callback_metrics.items()}
+if args[0] == "fit":
+    result.update(epochs=trainer.current_epoch, best_path=checkpoint.best_model_path,
+                  best_val_acc=float(checkpoint.best_model_score))
+print("LADDER " + json.dumps(result))
+"""
+
+
+def run(log: Path, subcommand: str, *args: str) -> tuple[dict, float]:
+    """One timit_lit command in its own process: (its metrics, wall seconds). Output goes to ``log``."""
+    command = [sys.executable, "-c", RUNNER, subcommand, *args]
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        out.write(shlex.join(command[:1] + ["-m", "timit_lit", subcommand, *args]) + "\n")
+        out.flush()
+        finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=out, text=True, cwd=log.parent)
+    seconds = time.perf_counter() - started
+    out_lines = finished.stdout.splitlines()
+    log.open("a").write(finished.stdout)
+    if finished.returncode != 0 or not out_lines or not out_lines[-1].startswith("LADDER "):
+        raise SystemExit(f"ladder: `{subcommand}` failed (exit {finished.returncode}); see {log}")
+    return json.loads(out_lines[-1][len("LADDER "):]), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="a timit_11 folder whose test split has labels")
+    parser.add_argument("--out", default="ladder_runs", help="one folder per rung under it")
+    parser.add_argument("--rungs", nargs="+", default=["baseline", "strong_mlp", "recurrent", "ensemble"])
+    parser.add_argument("--gpu", action="store_true", help="layer configs/gpu.yaml onto the MLP rungs")
+    parser.add_argument("--fit-args", default="", help="extra arguments for every fit, one string")
+    options = parser.parse_args()
+    data = ["--data.data_dir", str(Path(options.data).resolve())]
+    out = Path(options.out).resolve()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    quiet = ["--trainer.enable_progress_bar", "false"]
+
+    rows, best = [], {}
+
+    def rung(name: str, config: str, decoder: str) -> None:
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        configs = ["--config", str(CONFIGS / config)]
+        if options.gpu and config != "recurrent.yaml":
+            configs += ["--config", str(CONFIGS / "gpu.yaml")]
+        fit, fit_s = run(folder / "fit.log", "fit", *configs, *data, *quiet, *shlex.split(options.fit_args))
+        best[name] = fit["best_path"]
+        ckpt = ["--ckpt_path", fit["best_path"]]
+        test, test_s = run(folder / "test.log", "test", *configs, *data, *quiet, *ckpt)
+        rows.append(dict(rung=config, epochs=fit["epochs"], val_acc=fit["best_val_acc"], test_acc=test["test/acc"],
+                         fit_s=fit_s, test_s=test_s, checkpoint=fit["best_path"]))
+        if decoder:
+            decoded, decoded_s = run(folder / "test_decoded.log", "test", *configs, "--config", str(CONFIGS / decoder),
+                                     *data, *quiet, *ckpt)
+            rows.append(dict(rung=f"{config} + {decoder}", test_acc=decoded["test/acc_viterbi"], test_s=decoded_s))
+
+    if "baseline" in options.rungs:
+        rung("baseline", "baseline.yaml", "")
+    if "strong_mlp" in options.rungs:
+        rung("strong_mlp", "strong_mlp.yaml", "viterbi.yaml")
+    if "recurrent" in options.rungs:
+        rung("recurrent", "recurrent.yaml", "viterbi_recurrent.yaml")
+    if "ensemble" in options.rungs:
+        folder = out / "ensemble"
+        folder.mkdir(parents=True, exist_ok=True)
+        members = ["--model.checkpoints", f"[{best['recurrent']}, {best['strong_mlp']}]", "--data.eval_batch_size", "64"]
+        ensemble = ["--config", str(CONFIGS / "ensemble.yaml"), *data, *quiet, *members]
+        test, test_s = run(folder / "test.log", "test", *ensemble)
+        rows.append(dict(rung="ensemble.yaml [recurrent, strong_mlp]", test_acc=test["test/acc"], test_s=test_s))
+        decoded, decoded_s = run(folder / "test_decoded.log", "test", *ensemble, "--config",
+                                 str(CONFIGS / "viterbi_recurrent.yaml"))
+        rows.append(dict(rung="ensemble.yaml + viterbi_recurrent.yaml", test_acc=decoded["test/acc_viterbi"], test_s=decoded_s))
+
+    print(f"\n{device}, torch {torch.__version__}\n")
+    print("| rung | epochs | best val/acc | test/acc | fit wall | test wall |\n|---|---|---|---|---|---|")
+    for row in rows:
+        fit_wall = f"{row['fit_s'] / 60:.1f} min" if "fit_s" in row else ""
+        val = f"{row['val_acc']:.4f}" if "val_acc" in row else ""
+        print(f"| {row['rung']} | {row.get('epochs', '')} | {val} | {row['test_acc']:.4f} | {fit_wall} | {row['test_s']:.0f} s |")
+    (out / "ladder.json").write_text(json.dumps(dict(device=device, torch=torch.__version__, rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
