@@ -52,10 +52,12 @@ def test_utterance_batches_hold_whole_utterances_in_row_order(tiny_data):
     assert lengths.tolist() == np.diff(np.clip(starts, rows[0], rows[-1] + 1)).tolist()
 
 
-def test_fit_test_predict_end_to_end(tiny_data, tmp_path):
-    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL]
+@pytest.mark.parametrize("context, frames", [(1, slice(195, 234)), (11, slice(None))])
+def test_fit_test_predict_end_to_end(tiny_data, tmp_path, context, frames):
+    """Centre frames (the shipped config) and whole 11-frame rows: the input is each row's window."""
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.context", str(context)]
     cli = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "2")
-    assert cli.model.hparams.input_dim == 39 and cli.datamodule.batch_by == "utterances"
+    assert cli.model.hparams.input_dim == 39 * context and cli.datamodule.batch_by == "utterances"
     run = tmp_path / "lightning_logs" / "version_0"
     (best,) = (run / "checkpoints").glob("epoch=*.ckpt")
     val = run_in(tmp_path, "validate", *common, "--ckpt_path", str(best)).trainer.callback_metrics
@@ -69,7 +71,7 @@ def test_fit_test_predict_end_to_end(tiny_data, tmp_path):
     starts = utterance_starts(features)
     with torch.no_grad():
         classes = np.concatenate([
-            model(torch.from_numpy(features[a:b, 195:234])[None], torch.tensor([b - a]))[0].argmax(1).numpy()
+            model(torch.from_numpy(features[a:b, frames])[None], torch.tensor([b - a]))[0].argmax(1).numpy()
             for a, b in zip(starts[:-1], starts[1:])
         ])
     assert float(test["test/acc"]) == pytest.approx(float((classes == labels).mean()), abs=1e-6)
