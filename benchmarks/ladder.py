@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="layer configs/gpu.yaml onto the MLP rungs")
     parser.add_argument("--fit-args", default="", help="extra arguments for every fit, one string")
     options = parser.parse_args()
+    if "ensemble" in options.rungs and not {"recurrent", "strong_mlp"} <= set(options.rungs):
+        parser.error("the ensemble rung needs the recurrent and strong_mlp rungs in the same run")
     data = ["--data.data_dir", str(Path(options.data).resolve())]
     out = Path(options.out).resolve()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
