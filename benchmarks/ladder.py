@@ -56,7 +56,8 @@ def run(log: Path, subcommand: str, *args: str) -> tuple[dict, float]:
         finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=out, text=True, cwd=log.parent)
     seconds = time.perf_counter() - started
     out_lines = finished.stdout.splitlines()
-    log.open("a").write(finished.stdout)
+    with open(log, "a") as out:
+        out.write(finished.stdout)
     if finished.returncode != 0 or not out_lines or not out_lines[-1].startswith("LADDER "):
         raise SystemExit(f"ladder: `{subcommand}` failed (exit {finished.returncode}); see {log}")
     return json.loads(out_lines[-1][len("LADDER "):]), seconds

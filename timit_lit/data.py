@@ -335,8 +335,9 @@ class TimitDataModule(pl.LightningDataModule):
             sequence models such as :class:`timit_lit.recurrent.RecurrentPhoneClassifier`.
         bucket_by_length: with ``batch_by: utterances``, train on batches of utterances of
             similar lengths (:class:`LengthBucketedOrder`) rather than random ones: on the
-            replica at 16 utterances per batch the padded batches hold 1.02x the real
-            frames instead of 1.68x. It changes the order of training, so it is off by default.
+            replica at 16 utterances per batch the padded batches hold about 1.01x the real
+            frames instead of about 1.6x (``benchmarks/recurrent.py --data``). It changes
+            the order of training, so it is off by default.
         features_on_device: copy the features and labels to the accelerator once
             (float32: 2.1 GB for the course's training set) and cut batches there, so
             that only row ids cross to the device per step. On a CPU it changes

@@ -106,7 +106,7 @@ class CheckpointEnsemble(PhoneModel):
         # What the data serves per frame: context frames of FRAME_DIMS features, or (context 11)
         # the file's own rows, whose width may be anything.
         self.frame_dims = input_dim // self.context
-        # Viterbi decoding of the average uses the first member's phone statistics.
+        # Viterbi decoding of the average uses the phone statistics of the first member that has them.
         self.phone_statistics = next((m.phone_statistics for m in self.members if m.phone_statistics is not None), None)
 
     def _member_batch(self, member: PhoneModel, batch):
