@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from typing import Literal, Union
+
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
@@ -94,7 +96,7 @@ class CheckpointEnsemble(PhoneModel):
         steps_per_call: linked from the data; unused (an ensemble is not trained).
     """
 
-    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39, steps_per_call: int = 1):
+    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39, steps_per_call: Union[int, Literal["auto"]] = "auto"):
         super().__init__(num_classes, lr=0.0)
         self.save_hyperparameters()
         self.members = nn.ModuleList(load_member(path) for path in checkpoints)

@@ -183,6 +183,10 @@ class RunConfig(SaveConfigCallback):
         self._stage: str | None = None
         self._hparams_logged = False
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict":  # predict has no logger (timit_lit.cli), so no run folder to save into
+            super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._stage = stage  # called on rank 0 only, as the rest of this callback's work
 

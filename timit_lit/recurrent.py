@@ -20,7 +20,7 @@ bidirectional layer do not.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ class RecurrentPhoneClassifier(PhoneModel):
         num_layers: int = 3,
         dropout: float = 0.0,
         lr: float = 1e-3,
-        steps_per_call: int = 1,
+        steps_per_call: Union[int, Literal["auto"]] = "auto",
     ):
         super().__init__(num_classes, lr)
         self.save_hyperparameters()
