@@ -163,6 +163,8 @@ class TimitCLI(LightningCLI):
             # No validation: keep the latest epoch rather than wait for a metric that never comes.
             config.checkpoint.monitor = None
             config.checkpoint.filename = "epoch={epoch:02d}"
+            # ... and no validation batches, which is what Lightning then warns about.
+            warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
         if self.subcommand in ("validate", "test", "predict"):
             # Configs for these (ensemble.yaml) set no epochs, and Lightning warns about it anyway.
             warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
@@ -281,7 +283,7 @@ def _best_checkpoint(config) -> Path:
     recorded = next((state.get("best_model_path") for state in saved.values()
                      if isinstance(state, dict) and state.get("monitor") == monitor), None)
     if recorded:
-        for candidate in (Path(recorded), last.parent / Path(recorded).name):  # the run folder may have moved
+        for candidate in (last.parent / Path(recorded).name, Path(recorded)):  # beside last.ckpt if the run moved
             if candidate.is_file():
                 return candidate
     raise InputError(f"{last.parent}: --ckpt_path best: the newest run has no best-{monitor} checkpoint "
