@@ -233,6 +233,18 @@ class PhoneClassifier(PhoneModel):
                 f"{trainer.precision} (use steps_per_call 1 and cuda_graph false)"
             )
 
+    def on_train_start(self) -> None:
+        # Lightning counts global_step in its own steps' counter or in the model's (manual
+        # optimization), by the mode the run is in now. A run resumed in the other mode (steps_per_call
+        # auto chooses afresh each time) counts on from its checkpoint: the steps move to the counter in use.
+        loop = self.trainer.fit_loop.epoch_loop
+        lightning = loop.automatic_optimization.optim_progress.optimizer.step.total
+        own = loop.manual_optimization.optim_step_progress.total
+        source, target = (own, lightning) if self.automatic_optimization else (lightning, own)
+        if source.completed:
+            target.ready, target.completed = target.ready + source.ready, target.completed + source.completed
+            source.ready = source.completed = 0
+
     def _choose_steps_per_call(self) -> None:
         """``steps_per_call: auto``: as many steps per call as :func:`auto_steps_per_call` says,
         taken by the model (the same updates, bit for bit), unless the run needs Lightning's steps."""
