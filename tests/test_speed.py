@@ -194,3 +194,23 @@ def test_steps_per_call_auto_falls_back_to_lightning_steps_with_one_info_line(ti
                      f"step (the same updates, slower at small batches; see docs/speed.md)"]
     for name, tensor in cli.model.state_dict().items():
         assert torch.equal(tensor, plain_weights[name]), name
+
+
+def test_steps_per_call_auto_leaves_per_step_callbacks_their_steps():
+    """Lightning's own callbacks too: weight averaging must update after every step."""
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
+
+    from timit_lit.model import PhoneClassifier
+    from timit_lit.train_steps import why_lightning_steps
+
+    def reason(*callbacks, **options):
+        trainer = Trainer(callbacks=list(callbacks), logger=False, accelerator="cpu", **options)
+        return why_lightning_steps(trainer, PhoneClassifier(), PhoneClassifier)
+
+    assert reason(TQDMProgressBar(), ModelCheckpoint(dirpath="unused")) is None
+    assert reason(EMAWeightAveraging()) == "EMAWeightAveraging.on_train_batch_end must run on every step"
+    assert reason(ModelCheckpoint(dirpath="unused", every_n_train_steps=10)) == (
+        "ModelCheckpoint every_n_train_steps must run on every step")
+    assert reason(max_steps=100) == "trainer.max_steps is set (it counts Lightning steps)"
+    assert reason(precision="bf16-mixed") == "precision is bf16-mixed"

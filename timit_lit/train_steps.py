@@ -26,19 +26,27 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, Timer
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.nn import functional as F
 
+from timit_lit.monitoring import EpochThroughput
+
 WARMUP_STEPS = 3
-# ``data.steps_per_call: auto`` hands the model this many rows per Lightning step (32 steps at
-# batch 64; 1, Lightning's own steps, from batch 2048 on, where its overhead no longer counts).
+# ``data.steps_per_call: auto`` hands the model about this many rows per Lightning step; from
+# this batch size up, Lightning takes each step itself (its overhead no longer counts).
 AUTO_ROWS_PER_CALL = 2048
 # Hooks Lightning runs around each of its own optimizer steps; the model's own steps run none.
 SKIPPED_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
 # Model methods whose override means the model trains in its own way.
 TRAINING_METHODS = ("training_step", "backward", "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping",
                     "on_train_batch_start", "on_train_batch_end", *SKIPPED_HOOKS)
+
+
+# Callbacks whose on_train_batch_start / _end do the same on one call of several steps as on
+# each of them (a checkpoint every N train steps is checked apart).
+PER_CALL_CALLBACKS = (ProgressBar, ModelCheckpoint, LearningRateMonitor, Timer, EpochThroughput)
 
 
 def auto_steps_per_call(batch_size: int) -> int:
@@ -65,8 +73,8 @@ def why_lightning_steps(trainer: "pl.Trainer", model: "pl.LightningModule", base
     overridden = [f"{type(model).__name__}.{name}" for name in TRAINING_METHODS if is_overridden(name, model, base)]
     for callback in trainer.callbacks:
         hooks = SKIPPED_HOOKS
-        if not type(callback).__module__.startswith(("pytorch_lightning.", "timit_lit.")):
-            hooks += ("on_train_batch_start", "on_train_batch_end")  # would get a list of batches
+        if not isinstance(callback, PER_CALL_CALLBACKS):  # its batch hooks would see a call's list of batches
+            hooks += ("on_train_batch_start", "on_train_batch_end")
         overridden += [f"{type(callback).__name__}.{name}" for name in hooks if is_overridden(name, callback, pl.Callback)]
         if getattr(callback, "_every_n_train_steps", 0):
             overridden.append(f"{type(callback).__name__} every_n_train_steps")
