@@ -168,6 +168,9 @@ class TimitCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "predict"):
             # Configs for these (ensemble.yaml) set no epochs, and Lightning warns about it anyway.
             warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
+            # Callback states (best-k scores) of a checkpoint matter to a fit only: an evaluation
+            # need not repeat the training's checkpoint settings (e.g. val_ratio 0's, no monitor).
+            warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint need to be provided.*")
         if self.subcommand == "predict":
             # predict logs nothing (it writes the CSV): no logger, so no empty version_N folder.
             config.trainer.logger = False

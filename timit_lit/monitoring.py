@@ -63,7 +63,8 @@ class EpochThroughput(Callback):
     the wall time from the epoch's start to the end of its last training batch (validation
     not counted). It counts rows from the batch's shape and reads the clock on the host, so
     it never waits for the device (on a GPU the last few queued steps may still be running
-    when the clock stops: a negligible error over an epoch).
+    when the clock stops: a negligible error over an epoch). Under DDP each process times
+    its own epoch, and the mean of their figures is logged.
 
     Args:
         name: the scalar's tag in TensorBoard.
@@ -84,7 +85,8 @@ class EpochThroughput(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._rows and self._end > self._start:
             rate = self._rows * trainer.world_size / (self._end - self._start)
-            pl_module.log(self.name, rate, on_epoch=True, on_step=False)
+            # sync_dist: the mean of the processes' estimates (each times its own epoch), once per epoch.
+            pl_module.log(self.name, rate, on_epoch=True, on_step=False, sync_dist=True)
 
 
 def _frames(batch) -> int:
