@@ -132,3 +132,22 @@ def test_test_results_are_logged_into_the_checkpoints_run(tiny_data, best_checkp
     # The run's config stays the fit's; the test command's config is kept beside it.
     assert (run / "config.yaml").read_text() == config
     assert yaml.safe_load((run / "config_test.yaml").read_text())["ckpt_path"] == str(checkpoint)
+
+
+def test_a_files_utterances_are_recovered_once(tiny_data, best_checkpoint, tmp_path, monkeypatch):
+    """The split, the datasets and the decoder all ask the data module, which recovers them once."""
+    from timit_lit import data, decoding, utterances
+
+    recovered = []
+
+    def counted(features):
+        recovered.append(len(features))
+        return utterances.utterance_starts(features)
+
+    for module in (data, decoding):  # wherever it could be called from
+        monkeypatch.setattr(module, "utterance_starts", counted, raising=False)
+
+    cli = run_in(tmp_path, "validate", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path",
+                 str(best_checkpoint), "--data.split", "utterance", "--decoding.enabled", "true")
+    assert "val/acc_viterbi" in cli.trainer.callback_metrics
+    assert recovered == [len(cli.datamodule._features("train_11.npy"))]  # train_11.npy, once
