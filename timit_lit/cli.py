@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 
 import torch
-
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -82,7 +81,8 @@ class TimitCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        self._command_line = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        # The options as typed, for the commands fit prints when it ends (none from a dict or Namespace).
+        self._command_line = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
         super().parse_arguments(parser, args)
         # Lightning reads the checkpoint's hyperparameters right after parsing: resolve
         # `last` / `best` / `hpc` and check the file first.
@@ -374,6 +374,8 @@ def _quiet_known_warnings() -> None:
 
 
 class _NoAdvert(logging.Filter):
+    """Drops Lightning's litlogger tip."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return "litlogger" not in str(record.msg)
 
