@@ -30,9 +30,9 @@ def test_learning_rate_and_throughput_once_per_epoch(trained_run):
     assert "hp_metric" not in curves, "Lightning's placeholder metric is off"
 
 
-def test_confusion_and_per_phone_figures_for_each_validation_epoch(trained_run):
+def test_confusion_per_phone_and_segments_figures_for_each_validation_epoch(trained_run):
     acc = events(trained_run)
-    for tag in ("val/confusion", "val/phone_acc"):
+    for tag in ("val/confusion", "val/phone_acc", "val/segments"):
         images = acc.Images(tag)
         assert len(images) == 2, tag  # the 2 epochs; none from the sanity check
         assert images[0].step < images[1].step
@@ -74,6 +74,11 @@ def test_figures_can_be_turned_off_and_no_logger_is_fine(tiny_data, tmp_path):
     run_in(tmp_path, "fit", *common, "--figures.enabled", "false")
     acc = events(tmp_path / "lightning_logs" / "version_0")
     assert acc.Tags()["images"] == [] and "val/acc" in acc.Tags()["scalars"]
+    run_in(tmp_path, "fit", *common, "--figures.utterances", "0")
+    acc = events(tmp_path / "lightning_logs" / "version_1")
+    assert sorted(acc.Tags()["images"]) == ["val/confusion", "val/phone_acc"]
+    # One validation batch of rows: PER and the boundary accuracies of the rows it holds.
+    assert {"val/per", "val/acc_boundary", "val/acc_inner"} <= set(acc.Tags()["scalars"])
     # Every callback added by the CLI copes with a run that logs nothing.
     (tmp_path / "no_logger").mkdir()
     cli = run_in(tmp_path / "no_logger", "fit", *common, "--trainer.logger", "false")
