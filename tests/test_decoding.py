@@ -157,7 +157,7 @@ def test_decoding_is_scored_in_validate_and_test(stage, tiny_data, best_checkpoi
     decoded = run("--decoding.transition_weight", "1", "--decoding.prior_weight", "1")
     assert decoded[f"{prefix}/acc"] == framewise[f"{prefix}/acc"] and 0 <= decoded[f"{prefix}/acc_viterbi"] <= 1
     assert decoded[f"{prefix}/per"] == framewise[f"{prefix}/per"] and decoded[f"{prefix}/per_viterbi"] > 0
-    # (whether decoding helps is measured on the replica, README; the tiny run's model is near chance)
+    # (whether decoding helps is measured on the replica, docs/results.md; the tiny run's model is near chance)
 
 
 def saved_statistics(checkpoint) -> PhoneStatistics:
