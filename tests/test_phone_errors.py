@@ -10,6 +10,7 @@ import torch
 from conftest import REPO, run_in
 from timit_lit.data import TimitDataModule
 from timit_lit.model import PhoneClassifier
+from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.phone_errors import boundary_accuracy, boundary_mask, phone_error_rate, phone_sequences
 from timit_lit.utterances import utterance_starts
 
@@ -138,3 +139,34 @@ def test_phone_errors_can_be_turned_off(tiny_data, learnt_checkpoint, tmp_path):
     metrics = run_in(tmp_path, "test", "--ckpt_path", str(learnt_checkpoint), "--data.data_dir", str(tiny_data),
                      "--phone_errors.enabled", "false").trainer.callback_metrics
     assert "test/acc" in metrics and not any(name.startswith(("test/per", "test/acc_b")) for name in metrics)
+
+
+def test_utterance_batches_of_a_recurrent_model(tiny_data, tmp_path):
+    """Batches of whole utterances (RecurrentPhoneClassifier): `test` against predict's CSV,
+    `validate` (utterance split) against each validation utterance predicted alone."""
+    common = ["--config", str(REPO / "configs" / "recurrent.yaml"), "--data.data_dir", str(tiny_data),
+              "--data.val_ratio", "0.2", "--model.hidden_size", "32", "--model.num_layers", "2",
+              "--data.batch_size", "4", "--data.eval_batch_size", "5"]
+    run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "3", "--figures.enabled", "false")
+    (best,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
+    test = run_in(tmp_path, "test", *common, "--ckpt_path", str(best)).trainer.callback_metrics
+    run_in(tmp_path, "predict", *common, "--ckpt_path", str(best), "--prediction.output_path", str(tmp_path / "p.csv"))
+    predictions = np.array([int(line.split(",")[1]) for line in (tmp_path / "p.csv").read_text().splitlines()[1:]])
+    labels = np.load(tiny_data / "test_label_11.npy").astype(np.int64)
+    starts = utterance_starts(np.load(tiny_data / "test_11.npy"))
+    assert_logged(test, "test", independent_metrics(predictions, labels, list(zip(starts[:-1], starts[1:]))))
+    assert len(set(predictions.tolist())) > 5
+
+    val = run_in(tmp_path, "validate", *common, "--ckpt_path", str(best)).trainer.callback_metrics
+    features = np.load(tiny_data / "train_11.npy")
+    labels = np.load(tiny_data / "train_label_11.npy").astype(np.int64)
+    starts = utterance_starts(features)
+    _, rows = TimitDataModule(str(tiny_data), val_ratio=0.2, split="utterance")._split(len(features), starts)
+    segments = segments_of(rows, starts)
+    model = RecurrentPhoneClassifier.load_from_checkpoint(best, map_location="cpu").eval()
+    centre = slice(5 * 39, 6 * 39)  # context 1: each row's centre frame
+    with torch.no_grad():
+        predictions = np.concatenate([
+            model(torch.from_numpy(features[rows[a:b], centre])[None], torch.tensor([b - a]))[0].argmax(1).numpy()
+            for a, b in segments])
+    assert_logged(val, "val", independent_metrics(predictions, labels[rows], segments))
