@@ -3,6 +3,7 @@
 import io
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -100,3 +101,19 @@ def test_throughput_counts_every_row_of_every_process(monkeypatch):
     callback.on_train_batch_end(trainer, module, None, [(x, y), (x[:10], y[:10])], 1)
     callback.on_train_epoch_end(trainer, module)
     assert logged == {"train/frames_per_s": pytest.approx((64 + 64 + 10) * 2 / 2.5)}
+
+
+def test_segments_figure_of_one_utterance_is_a_drawing(tmp_path):
+    """One example (a lone subfigure); phones too short to name stay unnamed."""
+    rng = np.random.default_rng(0)
+    reference = np.repeat([38, 3, 17, 3, 38], [200, 2, 150, 90, 140])  # sil ae er ae sil
+    predicted = reference.copy()
+    predicted[[201, 250]] = 5  # uw for a frame, twice
+    example = {"frames": rng.normal(size=(len(reference), 39)), "reference": reference, "predicted": predicted,
+               "title": "one utterance"}
+    figure = monitoring.segments_figure([example], list(monitoring.PHONES), "title")
+    figure.savefig(tmp_path / "one.png")
+    pixels = imread(tmp_path / "one.png")
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 1000 and pixels.std() > 0.05
+    names = [text.get_text() for subfig in figure.subfigs for ax in subfig.axes for text in ax.texts]
+    assert names == ["sil", "er", "ae", "sil"] + ["sil", "er", "er", "ae", "sil"]  # reference, then predicted

@@ -285,7 +285,7 @@ class ValidationFigures(Callback):
                 "frames": centre_frame_features(features.numpy()),
                 "reference": reference,
                 "predicted": predicted,
-                "title": f"segment {segment}: rows {rows[0]}-{rows[-1]} ({len(rows)} frames); "
+                "title": f"validation segment {segment}: rows {rows[0]}-{rows[-1]} of the file ({len(rows)} frames); "
                          f"frame accuracy {np.mean(predicted == reference):.3f}, "
                          f"PER {phone_error_rate(predicted, reference, offsets):.3f}",
             })

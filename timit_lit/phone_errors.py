@@ -54,10 +54,15 @@ def phone_sequences(classes, offsets) -> list[np.ndarray]:
     return np.split(classes[new_phone], phones_before[1:-1])
 
 
+def _as_words(sequences: list[np.ndarray]) -> list[str]:
+    """Each phone sequence as a sentence of class ids, the form torchmetrics' word error rate takes."""
+    return [" ".join(map(str, phones.tolist())) for phones in sequences]
+
+
 def phone_error_rate(predictions, labels, offsets) -> float:
     """Edits (substitutions, deletions, insertions) over all segments / reference phones."""
-    words = lambda sequences: [" ".join(map(str, phones.tolist())) for phones in sequences]  # noqa: E731
-    return float(word_error_rate(words(phone_sequences(predictions, offsets)), words(phone_sequences(labels, offsets))))
+    hypotheses, references = phone_sequences(predictions, offsets), phone_sequences(labels, offsets)
+    return float(word_error_rate(_as_words(hypotheses), _as_words(references)))
 
 
 def boundary_mask(labels, offsets) -> np.ndarray:
@@ -112,7 +117,8 @@ class PhoneErrorEvaluation(pl.Callback):
     once and logs none of these (run ``validate`` / ``test`` on one device for them).
 
     Args:
-        enabled: compute and log them (cheap: a pass over the split's labels per epoch).
+        enabled: compute and log them (on the host, once per epoch: the edit distances run
+            in Python, the rest is a few array operations).
     """
 
     def __init__(self, enabled: bool = True):
