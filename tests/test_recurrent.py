@@ -6,6 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import BASELINE, REPO, run_in
+from test_phone_errors import assert_logged, independent_metrics
 from timit_lit.data import LengthBucketedOrder, UtteranceDataset
 from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.utterances import utterance_starts
@@ -118,6 +119,9 @@ def test_fit_test_predict_end_to_end(tiny_data, tmp_path, context, frames):
             for a, b in zip(starts[:-1], starts[1:])
         ])
     assert float(test["test/acc"]) == pytest.approx(float((classes == labels).mean()), abs=1e-6)
+    # The phone error rate and boundary accuracies of utterance batches: the same as recomputed here.
+    expected = independent_metrics(classes, labels, list(zip(starts[:-1], starts[1:])))
+    assert_logged(test, "test", expected)
 
     # predict: the same CSV format and row order as the MLP's, whatever the network.
     out = tmp_path / "prediction.csv"

@@ -31,6 +31,7 @@ from timit_lit.decoding import ViterbiEvaluation
 from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings
 from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
+from timit_lit.phone_errors import PhoneErrorEvaluation
 from timit_lit.prediction import CsvPredictionWriter
 from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.resume import (AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint,
@@ -70,6 +71,8 @@ class TimitCLI(LightningCLI):
         parser.add_lightning_class_args(ValidationFigures, "figures")
         # Viterbi decoding scored in validate / test (off by default; timit_lit.decoding).
         parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
+        # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.phone_errors).
+        parser.add_lightning_class_args(PhoneErrorEvaluation, "phone_errors")
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
         # names another PhoneModel as model.class_path; plain `model:` options apply to it.
         parser.set_defaults({"model": {"class_path": "timit_lit.model.PhoneClassifier"}})
