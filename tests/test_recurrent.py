@@ -210,7 +210,7 @@ def test_length_bucketed_order_is_a_shuffle_with_little_padding():
 
 def test_fit_with_length_buckets(tiny_data, tmp_path, capsys):
     cli = run_in(tmp_path, "fit", "--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL,
-                 "--data.bucket_by_length", "true", "--trainer.max_epochs", "1")
+                 "--data.bucket_by_length", "true", "--data.val_ratio", "0.2", "--trainer.max_epochs", "1")
     assert isinstance(cli.trainer.train_dataloader.sampler, LengthBucketedOrder)
     assert 0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1
     with pytest.raises(SystemExit):

@@ -135,6 +135,9 @@ class TimitCLI(LightningCLI):
             # No validation: keep the latest epoch rather than wait for a metric that never comes.
             config.checkpoint.monitor = None
             config.checkpoint.filename = "epoch={epoch:02d}"
+        if config.data.val_ratio == 0 and self.subcommand == "fit":
+            # Nothing to validate, so no validation loop (Lightning would warn about its empty loader).
+            config.trainer.limit_val_batches = 0
         if self.subcommand in ("validate", "test", "predict"):
             # Configs for these (ensemble.yaml) set no epochs, and Lightning warns about it anyway.
             warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
