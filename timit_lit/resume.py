@@ -31,6 +31,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError
+from timit_lit.trust import checkpoint_network
 from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_states
 
 CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
@@ -166,8 +167,9 @@ _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 def read_checkpoint(path) -> Optional[tuple[str, dict]]:
-    """The path and (memory-mapped) contents of a checkpoint file; None for no path and for
-    Lightning's special values such as ``best``, which it resolves itself."""
+    """The path and (memory-mapped) contents of a checkpoint file, checked: read without
+    unpickling code, and naming no network but a known one (:mod:`timit_lit.trust`). None
+    for no path and for Lightning's special values such as ``best``, which it resolves itself."""
     if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
         return None
     if not Path(path).is_file():
@@ -178,4 +180,10 @@ def read_checkpoint(path) -> Optional[tuple[str, dict]]:
         raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    weights = checkpoint["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError(f"{path}: damaged checkpoint (its state_dict is not a mapping of names to tensors)")
+    if not isinstance(checkpoint.get("datamodule_hyper_parameters", {}), dict):
+        raise InputError(f"{path}: damaged checkpoint (its datamodule_hyper_parameters is not a mapping)")
+    checkpoint_network(str(path), checkpoint)  # before anything resolves the class it names
     return str(path), checkpoint
