@@ -297,7 +297,7 @@ def main(args: list[str] | None = None) -> TimitCLI:
         if cause is None:
             raise
         print(f"timit_lit: error: {' '.join(str(cause).split())}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(cause, "exit_code", 2)) from None
     except SIGTERMException:
         # Lightning stops after the current batch; exit as a process killed by SIGTERM would.
         print("timit_lit: stopped by SIGTERM", file=sys.stderr)
