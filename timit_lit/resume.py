@@ -18,6 +18,7 @@ The pieces, all used by the CLI:
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -174,6 +175,7 @@ def read_checkpoint(path) -> Optional[tuple[str, dict]]:
         return None
     if not Path(path).is_file():
         raise InputError(f"{path}: checkpoint file not found")
+    _check_zip(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
@@ -187,3 +189,17 @@ def read_checkpoint(path) -> Optional[tuple[str, dict]]:
         raise InputError(f"{path}: damaged checkpoint (its datamodule_hyper_parameters is not a mapping)")
     checkpoint_network(str(path), checkpoint)  # before anything resolves the class it names
     return str(path), checkpoint
+
+
+def _check_zip(path) -> None:
+    """A checkpoint's members checked against their CRCs: torch reads tensors without
+    checking, so a damaged byte in a shared file would silently change the weights."""
+    if not zipfile.is_zipfile(path):
+        return  # torch.load says what it is not
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as error:  # zipfile raises several types for a damaged archive
+        raise InputError(f"{path}: damaged checkpoint ({type(error).__name__}: {error})") from None
+    if bad is not None:
+        raise InputError(f"{path}: damaged checkpoint ({bad} does not match its checksum)")
