@@ -18,6 +18,7 @@ The pieces, all used by the CLI:
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -179,6 +180,11 @@ def read_checkpoint(path) -> Optional[tuple[str, dict]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
+        if "Weights only load failed" in str(error):  # torch refused a pickled object: say what, not "retry unsafely"
+            found = re.search(r"GLOBAL (\S+)", str(error))
+            raise InputError(f"{path}: not a readable checkpoint: it holds a pickled object "
+                             f"{found.group(1) if found else '(not a tensor or plain value)'}, "
+                             f"and checkpoints are read as weights only") from None
         raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
