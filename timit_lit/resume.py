@@ -169,7 +169,7 @@ _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 def read_checkpoint(path) -> Optional[tuple[str, dict]]:
-    """The path and (memory-mapped) contents of a checkpoint file, checked: read without
+    """The path and contents of a checkpoint file, checked: read without
     unpickling code, and naming no network but a known one (:mod:`timit_lit.trust`). None
     for no path and for Lightning's special values such as ``best``, which it resolves itself."""
     if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
@@ -178,7 +178,9 @@ def read_checkpoint(path) -> Optional[tuple[str, dict]]:
         raise InputError(f"{path}: checkpoint file not found")
     _check_zip(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Read whole, not memory-mapped: torch then checks each tensor against the size of its
+        # zip member, where a map would read past a short one into the next (or past the end).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         if "Weights only load failed" in str(error):  # torch refused a pickled object: say what, not "retry unsafely"
             found = re.search(r"GLOBAL (\S+)", str(error))
