@@ -1,4 +1,4 @@
-"""The README's results ladder, end to end: fit each shipped config, then test its best checkpoint.
+"""The results ladder of docs/results.md, end to end: fit each shipped config, then test its best checkpoint.
 
     python benchmarks/ladder.py --data ../data/replica --out ../runs/ladder          # CPU
     python benchmarks/ladder.py --data ../data/replica --out ../runs/ladder --gpu    # one GPU

@@ -4,7 +4,7 @@
 
 writes ``OUT_DIR/val_confusion.png`` and ``OUT_DIR/val_phone_acc.png``, the images of
 the given validation epoch (0-based; -1, the default, is the last), byte for byte as
-they are in the event file. The README's figures were made with it.
+they are in the event file. The figures in docs/outputs.md were made with it.
 """
 
 import argparse

@@ -154,7 +154,7 @@ def test_decoding_is_scored_in_validate_and_test(stage, tiny_data, best_checkpoi
     assert framewise[f"{prefix}/acc_viterbi"] == pytest.approx(framewise[f"{prefix}/acc"], abs=1e-6)  # weights 0 = argmax
     decoded = run("--decoding.transition_weight", "1", "--decoding.prior_weight", "1")
     assert decoded[f"{prefix}/acc"] == framewise[f"{prefix}/acc"] and 0 <= decoded[f"{prefix}/acc_viterbi"] <= 1
-    # (whether decoding helps is measured on the replica, README; the tiny run's model is near chance)
+    # (whether decoding helps is measured on the replica, docs/results.md; the tiny run's model is near chance)
 
 
 def saved_statistics(checkpoint) -> PhoneStatistics:

@@ -14,10 +14,14 @@ RECURRENT = str(REPO / "configs" / "recurrent.yaml")
 SMALL = ["--model.hidden_size", "32", "--model.num_layers", "2", "--data.batch_size", "4", "--data.eval_batch_size", "5"]
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_padding_never_changes_logits_loss_or_accuracy(cell):
+@pytest.mark.parametrize("cell, frames_per_step, conv_channels", [
+    ("lstm", 1, 0), ("gru", 1, 0), ("lstm", 2, 0), ("lstm", 3, 0), ("gru", 2, 24), ("lstm", 1, 24)])
+def test_padding_never_changes_logits_loss_or_accuracy(cell, frames_per_step, conv_channels):
+    """Lengths that are and are not multiples of frames_per_step, one shorter than a step."""
     torch.manual_seed(0)
-    model = RecurrentPhoneClassifier(input_dim=39, num_classes=39, cell=cell, hidden_size=16, num_layers=2).eval()
+    model = RecurrentPhoneClassifier(input_dim=39, num_classes=39, cell=cell, hidden_size=16, num_layers=2,
+                                     frames_per_step=frames_per_step, conv_channels=conv_channels,
+                                     conv_kernel=3).eval()
     lengths = [5, 17, 1, 9]
     utterances = [torch.randn(n, 39) for n in lengths]
     labels = [torch.randint(0, 39, (n,)) for n in lengths]
@@ -35,6 +39,44 @@ def test_padding_never_changes_logits_loss_or_accuracy(cell):
     assert torch.equal(targets, torch.cat(labels))  # real frames only, utterance by utterance
     assert F.cross_entropy(logits, targets).item() == pytest.approx(F.cross_entropy(expected, torch.cat(labels)).item(), abs=1e-5)
     assert torch.equal(logits.argmax(1) == targets, expected.argmax(1) == torch.cat(labels))
+
+
+def test_frames_per_step_gives_every_frame_its_own_logits():
+    """Two frames a step: each frame's logits are their own slice of the step's output, and
+    a frame's logits change when its own features do, the other frame's of its step too."""
+    torch.manual_seed(0)
+    model = RecurrentPhoneClassifier(input_dim=39, num_classes=39, hidden_size=16, num_layers=1, frames_per_step=2).eval()
+    assert model.head.out_features == 2 * 39 and model.forward_layers[0].input_size == 2 * 39
+    x = torch.randn(1, 6, 39)
+    with torch.no_grad():
+        before = model(x, torch.tensor([6]))
+        x[0, 3] += 1.0  # frame 3 shares its step with frame 2
+        after = model(x, torch.tensor([6]))
+    assert before.shape == (1, 6, 39)
+    changed = (before - after).abs().amax(dim=2)[0] > 1e-6
+    assert changed[2] and changed[3]
+
+
+def test_input_masking_only_in_training_and_seeded():
+    model = RecurrentPhoneClassifier(input_dim=39, num_classes=39, hidden_size=8, num_layers=1,
+                                     time_masks=2, time_mask_frames=4, feature_masks=2, feature_mask_dims=5)
+    x, lengths = torch.randn(3, 30, 39), torch.tensor([30, 12, 7])
+    torch.manual_seed(1)
+    masked = model.masking(x, lengths)
+    torch.manual_seed(1)
+    assert torch.equal(masked, model.masking(x, lengths))  # the generator decides: seed_everything fixes them
+    zeroed = masked == 0
+    assert zeroed.any() and not zeroed.all()
+    assert torch.equal(masked[~zeroed], x[~zeroed])  # masks set values to 0 and change nothing else
+    per_frame = zeroed.all(dim=2)  # time masks zero whole frames, never more than 2 x 4 of them
+    assert (per_frame.sum(dim=1) <= 8).all()
+    assert (per_frame[1, 12:].sum() == 0) and (per_frame[2, 7:].sum() == 0)  # only real frames
+    y = torch.zeros(3, 30, dtype=torch.long)
+    model.eval()
+    with torch.no_grad():
+        logits, _ = model.frame_logits((x, y, lengths))
+        plain = model(x, lengths)[torch.arange(30)[None] < lengths[:, None]]
+    torch.testing.assert_close(logits, plain)  # no masks in evaluation
 
 
 def test_utterance_batches_hold_whole_utterances_in_row_order(tiny_data):

@@ -251,7 +251,7 @@ def _quiet_known_warnings() -> None:
     # Metrics are logged per epoch only, so Lightning's per-step logging interval does not apply.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     # --optimizer / --lr_scheduler replace PhoneModel.configure_optimizers (Adam at model.lr): that
-    # is what they are for, and the README says so (model.lr is then unused).
+    # is what they are for, and docs/configs.md says so (model.lr is then unused).
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by .*")
     # Lightning 2.6 calls a torch pytree API that torch >= 2.10 deprecates.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

@@ -58,6 +58,7 @@ class PhoneModel(pl.LightningModule):
     """
 
     batch_by = "rows"
+    label_smoothing = 0.0  # of the training loss; a subclass may take it as an option
 
     def __init__(self, num_classes: int, lr: float):
         super().__init__()
@@ -101,7 +102,7 @@ class PhoneModel(pl.LightningModule):
         """Loss and accuracy of one batch, logged as epoch averages under ``stage/``; returns
         the loss and the frame logits."""
         logits, y = self.frame_logits(batch)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
         accuracy.update(logits, y)
         if stage == "val":
             self.val_confusion.update(logits, y)

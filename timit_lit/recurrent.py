@@ -24,7 +24,9 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from timit_lit.data import InputError
 from timit_lit.model import PhoneModel
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -41,7 +43,30 @@ class RecurrentPhoneClassifier(PhoneModel):
         hidden_size: units per direction in each layer.
         num_layers: stacked bidirectional layers.
         dropout: dropout between layers and before the output layer (0: none).
-        lr: Adam learning rate.
+        lr: Adam's learning rate; with ``schedule: one_cycle``, the peak of the cycle
+            (``--optimizer`` on the command line replaces all three options).
+        weight_decay: above 0, AdamW with this decoupled weight decay instead of Adam.
+        schedule: ``constant`` learning rate, or ``one_cycle``: warm up from ``lr / 25``
+            to ``lr`` over the first ``warmup`` of all training steps, then anneal to
+            almost 0 by the last (``torch.optim.lr_scheduler.OneCycleLR``, stepped every
+            batch; its length is the run's, from the trainer, whatever the data's size).
+        warmup: the fraction of training steps that warm up, with ``one_cycle``.
+        frames_per_step: consecutive frames that enter one recurrent step together, and
+            whose logits leave it together: every frame keeps its own prediction, while
+            the recurrent layers run ``frames_per_step`` times fewer steps (the cost of an
+            epoch falls almost as much; a wider or deeper network can spend it). An
+            utterance's last step is completed with zeros, never with another's frames.
+        conv_channels: if above 0, a convolution over time (``conv_kernel`` steps, GELU,
+            LayerNorm) turns each step's input into ``conv_channels`` features before the
+            recurrent layers.
+        conv_kernel: width of that convolution, in steps (odd).
+        label_smoothing: of the training loss (validation and test report plain cross-entropy).
+        time_masks: training only: stretches of each utterance's input set to 0 (the
+            features' mean), each up to ``time_mask_frames`` frames (SpecAugment's time masks).
+        time_mask_frames: longest time mask, in frames.
+        feature_masks: training only: bands of up to ``feature_mask_dims`` consecutive
+            feature dimensions set to 0 over a whole utterance (SpecAugment's frequency masks).
+        feature_mask_dims: widest feature mask.
         steps_per_call: linked from the data, which allows only 1 with utterance batches.
     """
 
@@ -56,33 +81,126 @@ class RecurrentPhoneClassifier(PhoneModel):
         num_layers: int = 3,
         dropout: float = 0.0,
         lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        schedule: Literal["constant", "one_cycle"] = "constant",
+        warmup: float = 0.3,
+        frames_per_step: int = 1,
+        conv_channels: int = 0,
+        conv_kernel: int = 5,
+        label_smoothing: float = 0.0,
+        time_masks: int = 0,
+        time_mask_frames: int = 10,
+        feature_masks: int = 0,
+        feature_mask_dims: int = 8,
         steps_per_call: int = 1,
     ):
         super().__init__(num_classes, lr)
         self.save_hyperparameters()
-        widths = [input_dim] + [2 * hidden_size] * (num_layers - 1)
+        if frames_per_step < 1:
+            raise InputError(f"model.frames_per_step must be >= 1, got {frames_per_step}")
+        if conv_channels and conv_kernel % 2 == 0:
+            raise InputError(f"model.conv_kernel must be odd (the convolution keeps the steps centred), got {conv_kernel}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise InputError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+        self.masking = InputMasking(time_masks, time_mask_frames, feature_masks, feature_mask_dims)
+        step_input = frames_per_step * input_dim
+        self.front = ConvFrontEnd(step_input, conv_channels, conv_kernel) if conv_channels else None
+        widths = [conv_channels or step_input] + [2 * hidden_size] * (num_layers - 1)
         self.forward_layers = nn.ModuleList(CELLS[cell](n, hidden_size, batch_first=True) for n in widths)
         self.backward_layers = nn.ModuleList(CELLS[cell](n, hidden_size, batch_first=True) for n in widths)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(2 * hidden_size, num_classes)
+        self.head = nn.Linear(2 * hidden_size, frames_per_step * num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits ``utterances x frames x classes`` for padded ``x`` (``utterances x frames x
         features``) of the given real ``lengths``; padded frames' logits mean nothing."""
-        reverse = _reversal_index(lengths.to(x.device), x.shape[1])
-        h = x
+        k, (n_utterances, n_frames, _) = self.hparams.frames_per_step, x.shape
+        lengths = lengths.to(x.device)
+        if k > 1 or self.front is not None:
+            # Zero every frame past an utterance's end, so that its last, partly filled step,
+            # and the convolution's view past its end, are the same whatever the batch's padding.
+            real = torch.arange(n_frames, device=x.device)[None, :] < lengths[:, None]
+            x = x.masked_fill(~real[:, :, None], 0.0)
+        if k > 1:
+            n_steps = -(-n_frames // k)
+            x = F.pad(x, (0, 0, 0, n_steps * k - n_frames)).reshape(n_utterances, n_steps, -1)
+            lengths = (lengths + k - 1) // k
+        h = x if self.front is None else self.front(x)
+        reverse = _reversal_index(lengths, h.shape[1])
         for i, (ahead, back) in enumerate(zip(self.forward_layers, self.backward_layers)):
             if i:
                 h = self.dropout(h)
             h_back = back(_reverse(h, reverse))[0]
             h = torch.cat([ahead(h)[0], _reverse(h_back, reverse)], dim=2)
-        return self.head(self.dropout(h))
+        logits = self.head(self.dropout(h))  # utterances x steps x (k * classes)
+        return logits.reshape(n_utterances, -1, self.hparams.num_classes)[:, :n_frames]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.weight_decay:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr)
+        if hp.schedule == "constant":
+            return optimizer
+        # Lightning's recipe for OneCycleLR: the whole run's optimizer steps, known only once the trainer has the data.
+        cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches,
+                                                    pct_start=hp.warmup)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
 
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, targets, lengths = batch
-        real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        lengths = lengths.to(x.device)
+        real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        if self.training:
+            x = self.masking(x, lengths)
         # Boolean indexing keeps row-major order: utterance by utterance, frames in time order.
         return self(x, lengths)[real], targets[real]
+
+
+class ConvFrontEnd(nn.Module):
+    """Conv1d over time, GELU, LayerNorm: local patterns of neighbouring steps before the
+    recurrent layers. Steps past an utterance's end are zeros (as an utterance alone would
+    be padded), so a real step's output does not depend on the batch's padding."""
+
+    def __init__(self, n_in: int, channels: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv1d(n_in, channels, kernel, padding=kernel // 2)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2)))
+
+
+class InputMasking(nn.Module):
+    """SpecAugment-style masks on a padded batch of utterances, drawn from torch's generator
+    (so ``seed_everything`` fixes them): ``time_masks`` stretches of up to ``time_frames``
+    frames and ``feature_masks`` bands of up to ``feature_dims`` dimensions, per utterance,
+    set to 0. Inputs are standardised, so 0 is each feature's mean. Only real frames are
+    masked; the caller applies it in training only."""
+
+    def __init__(self, time_masks: int, time_frames: int, feature_masks: int, feature_dims: int):
+        super().__init__()
+        self.time_masks, self.time_frames = time_masks, time_frames
+        self.feature_masks, self.feature_dims = feature_masks, feature_dims
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not (self.time_masks or self.feature_masks):
+            return x
+        n_utterances, n_frames, n_features = x.shape
+        keep = torch.ones(n_utterances, n_frames, n_features, dtype=torch.bool, device=x.device)
+        frames = torch.arange(n_frames, device=x.device)[None, :]
+        for _ in range(self.time_masks):
+            width = torch.randint(0, self.time_frames + 1, (n_utterances, 1), device=x.device)
+            start = (torch.rand(n_utterances, 1, device=x.device) * (lengths[:, None] - width).clamp(min=0)).long()
+            keep &= ~((frames >= start) & (frames < start + width))[:, :, None]
+        dims = torch.arange(n_features, device=x.device)[None, :]
+        for _ in range(self.feature_masks):
+            width = torch.randint(0, self.feature_dims + 1, (n_utterances, 1), device=x.device)
+            start = (torch.rand(n_utterances, 1, device=x.device) * (n_features - width).clamp(min=0)).long()
+            keep &= ~((dims >= start) & (dims < start + width))[:, None, :]
+        return x * keep
 
 
 def _reversal_index(lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
