@@ -33,9 +33,9 @@ from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.prediction import CsvPredictionWriter
 from timit_lit.recurrent import RecurrentPhoneClassifier
-from timit_lit.trust import one_line_parse_errors
 from timit_lit.resume import (AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint,
                               logger_version, read_checkpoint)
+from timit_lit.trust import one_line_parse_errors
 
 # Imported so that their short names work on the command line (--model RecurrentPhoneClassifier).
 NETWORKS = (PhoneModel, RecurrentPhoneClassifier, CheckpointEnsemble)
