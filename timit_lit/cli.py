@@ -31,6 +31,7 @@ from timit_lit.decoding import ViterbiEvaluation
 from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings
 from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
+from timit_lit.phone_errors import PhoneErrorEvaluation
 from timit_lit.prediction import CsvPredictionWriter
 from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.resume import (AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint,
@@ -71,6 +72,8 @@ class TimitCLI(LightningCLI):
         parser.add_lightning_class_args(ValidationFigures, "figures")
         # Viterbi decoding scored in validate / test (off by default; timit_lit.decoding).
         parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
+        # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.phone_errors).
+        parser.add_lightning_class_args(PhoneErrorEvaluation, "phone_errors")
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
         # names another PhoneModel as model.class_path; plain `model:` options apply to it.
         parser.set_defaults({"model": {"class_path": "timit_lit.model.PhoneClassifier"}})
@@ -148,6 +151,9 @@ class TimitCLI(LightningCLI):
             # No validation: keep the latest epoch rather than wait for a metric that never comes.
             config.checkpoint.monitor = None
             config.checkpoint.filename = "epoch={epoch:02d}"
+        if config.data.val_ratio == 0 and self.subcommand == "fit":
+            # Nothing to validate, so no validation loop (Lightning would warn about its empty loader).
+            config.trainer.limit_val_batches = 0
         if self.subcommand in ("validate", "test", "predict"):
             # Configs for these (ensemble.yaml) set no epochs, and Lightning warns about it anyway.
             warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
