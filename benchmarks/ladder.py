@@ -40,8 +40,9 @@ cli = main(args)
 trainer, checkpoint = cli.trainer, cli.trainer.checkpoint_callback
 result = {name: float(value) for name, value in trainer.callback_metrics.items()}
 if args[0] == "fit":
+    score = checkpoint.best_model_score  # None for a run without validation (val_ratio 0): its last epoch
     result.update(epochs=trainer.current_epoch, best_path=checkpoint.best_model_path,
-                  best_val_acc=float(checkpoint.best_model_score))
+                  best_val_acc=None if score is None else float(score))
 print("LADDER " + json.dumps(result))
 """
 
@@ -91,11 +92,12 @@ def main() -> None:
         ckpt = ["--ckpt_path", fit["best_path"]]
         test, test_s = run(folder / "test.log", "test", *configs, *data, *quiet, *ckpt)
         rows.append(dict(rung=config, epochs=fit["epochs"], val_acc=fit["best_val_acc"], test_acc=test["test/acc"],
-                         fit_s=fit_s, test_s=test_s, checkpoint=fit["best_path"]))
+                         test_per=test.get("test/per"), fit_s=fit_s, test_s=test_s, checkpoint=fit["best_path"]))
         if decoder:
             decoded, decoded_s = run(folder / "test_decoded.log", "test", *configs, "--config", str(CONFIGS / decoder),
                                      *data, *quiet, *ckpt)
-            rows.append(dict(rung=f"{config} + {decoder}", test_acc=decoded["test/acc_viterbi"], test_s=decoded_s))
+            rows.append(dict(rung=f"{config} + {decoder}", test_acc=decoded["test/acc_viterbi"],
+                             test_per=decoded.get("test/per_viterbi"), test_s=decoded_s))
 
     if "baseline" in options.rungs:
         rung("baseline", "baseline.yaml", "")
@@ -109,17 +111,21 @@ def main() -> None:
         members = ["--model.checkpoints", f"[{best['recurrent']}, {best['strong_mlp']}]", "--data.eval_batch_size", "64"]
         ensemble = ["--config", str(CONFIGS / "ensemble.yaml"), *data, *quiet, *members]
         test, test_s = run(folder / "test.log", "test", *ensemble)
-        rows.append(dict(rung="ensemble.yaml [recurrent, strong_mlp]", test_acc=test["test/acc"], test_s=test_s))
+        rows.append(dict(rung="ensemble.yaml [recurrent, strong_mlp]", test_acc=test["test/acc"],
+                         test_per=test.get("test/per"), test_s=test_s))
         decoded, decoded_s = run(folder / "test_decoded.log", "test", *ensemble, "--config",
                                  str(CONFIGS / "viterbi_recurrent.yaml"))
-        rows.append(dict(rung="ensemble.yaml + viterbi_recurrent.yaml", test_acc=decoded["test/acc_viterbi"], test_s=decoded_s))
+        rows.append(dict(rung="ensemble.yaml + viterbi_recurrent.yaml", test_acc=decoded["test/acc_viterbi"],
+                         test_per=decoded.get("test/per_viterbi"), test_s=decoded_s))
 
     print(f"\n{device}, torch {torch.__version__}\n")
-    print("| rung | epochs | best val/acc | test/acc | fit wall | test wall |\n|---|---|---|---|---|---|")
+    print("| rung | epochs | best val/acc | test/acc | test/per | fit wall | test wall |\n|---|---|---|---|---|---|---|")
     for row in rows:
         fit_wall = f"{row['fit_s'] / 60:.1f} min" if "fit_s" in row else ""
-        val = f"{row['val_acc']:.4f}" if "val_acc" in row else ""
-        print(f"| {row['rung']} | {row.get('epochs', '')} | {val} | {row['test_acc']:.4f} | {fit_wall} | {row['test_s']:.0f} s |")
+        val = f"{row['val_acc']:.4f}" if row.get("val_acc") is not None else ""
+        per = f"{row['test_per']:.4f}" if row.get("test_per") is not None else ""
+        print(f"| {row['rung']} | {row.get('epochs', '')} | {val} | {row['test_acc']:.4f} | {per} | {fit_wall} | "
+              f"{row['test_s']:.0f} s |")
     (out / "ladder.json").write_text(json.dumps(dict(device=device, torch=torch.__version__, rows=rows), indent=1))
 
 

@@ -2,8 +2,8 @@
 
     python docs/export_figures.py lightning_logs/version_0 OUT_DIR [--epoch -1]
 
-writes ``OUT_DIR/val_confusion.png`` and ``OUT_DIR/val_phone_acc.png``, the images of
-the given validation epoch (0-based; -1, the default, is the last), byte for byte as
+writes ``OUT_DIR/val_confusion.png``, ``OUT_DIR/val_phone_acc.png`` and (runs that have
+it) ``OUT_DIR/val_segments.png``, the images of the given validation epoch (0-based; -1, the default, is the last), byte for byte as
 they are in the event file. The figures in docs/outputs.md were made with it.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-TAGS = ("val/confusion", "val/phone_acc")
+TAGS = ("val/confusion", "val/phone_acc", "val/segments")
 
 
 def main() -> None:
@@ -25,6 +25,9 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for tag in TAGS:
+        if tag not in events.Tags()["images"]:  # val/segments: not in runs made before it
+            print(f"{tag}: not in {args.run_dir}, skipped")
+            continue
         image = events.Images(tag)[args.epoch]
         path = out / f"{tag.replace('/', '_')}.png"
         path.write_bytes(image.encoded_image_string)

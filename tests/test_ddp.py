@@ -38,15 +38,18 @@ def test_predict_on_two_processes_writes_the_same_bytes(tiny_data, best_checkpoi
 
 
 def test_fit_on_two_processes(tiny_data, tmp_path):
-    timit_lit(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *DDP2,
-              "--trainer.max_epochs", "1", "--data.batch_size", "128")
+    result = timit_lit(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *DDP2,
+                       "--trainer.max_epochs", "1", "--data.batch_size", "128")
     checkpoints = sorted(p.name for p in (tmp_path / "lightning_logs/version_0/checkpoints").iterdir())
     assert len(checkpoints) == 2 and checkpoints[0].startswith("epoch=00-val_acc=")
     assert not (tmp_path / "lightning_logs/version_1").exists(), "rank 1 must not start a run folder of its own"
     # Rank 0 alone draws the figures, from the confusion counts of both processes.
     events = EventAccumulator(str(tmp_path / "lightning_logs/version_0"), size_guidance={"images": 0}).Reload()
-    assert [len(events.Images(tag)) for tag in ("val/confusion", "val/phone_acc")] == [1, 1]
+    assert [len(events.Images(tag)) for tag in ("val/confusion", "val/phone_acc", "val/segments")] == [1, 1, 1]
     assert len(events.Scalars("hp/best_val_acc")) == 1
+    # No phone error rate from processes that each see a share of the rows: said, not logged.
+    assert "phone_errors: the phone error rate and boundary accuracies need one process" in result.stderr
+    assert not any(tag.startswith(("val/per", "val/acc_")) for tag in events.Tags()["scalars"])
 
 
 def test_recurrent_fit_and_predict_on_two_processes(tiny_data, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import BASELINE, FAST, run_in
+from test_phone_errors import independent_metrics
 from timit_lit import decoding
 from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, TimitDataModule
 from timit_lit.decoding import (STATISTICS_KEY, PhoneStatistics, ViterbiEvaluation, choose_transition_weight,
@@ -152,8 +153,10 @@ def test_decoding_is_scored_in_validate_and_test(stage, tiny_data, best_checkpoi
     prefix = "val" if stage == "validate" else "test"
     framewise = run("--decoding.transition_weight", "0", "--decoding.prior_weight", "0")
     assert framewise[f"{prefix}/acc_viterbi"] == pytest.approx(framewise[f"{prefix}/acc"], abs=1e-6)  # weights 0 = argmax
+    assert framewise[f"{prefix}/per_viterbi"] == framewise[f"{prefix}/per"]
     decoded = run("--decoding.transition_weight", "1", "--decoding.prior_weight", "1")
     assert decoded[f"{prefix}/acc"] == framewise[f"{prefix}/acc"] and 0 <= decoded[f"{prefix}/acc_viterbi"] <= 1
+    assert decoded[f"{prefix}/per"] == framewise[f"{prefix}/per"] and decoded[f"{prefix}/per_viterbi"] > 0
     # (whether decoding helps is measured on the replica, docs/results.md; the tiny run's model is near chance)
 
 
@@ -224,9 +227,17 @@ def test_a_checkpoint_decodes_without_the_training_files(tiny_data, best_checkpo
         common = ["--ckpt_path", str(best_checkpoint), "--data.data_dir", str(data_dir), "--decoding.enabled", "true"]
         cli = run_in(tmp_path, "test", *common)
         run_in(tmp_path, "predict", *common, "--prediction.output_path", name)
-        return cli.trainer.callback_metrics["test/acc_viterbi"].item(), (tmp_path / name).read_text()
+        metrics = cli.trainer.callback_metrics
+        return metrics["test/acc_viterbi"].item(), metrics["test/per_viterbi"].item(), (tmp_path / name).read_text()
 
     assert test_and_predict(bare, "bare.csv") == test_and_predict(tiny_data, "full.csv")
+    # test/per_viterbi is the phone error rate of the decoded classes that predict writes.
+    _, per_viterbi, csv = test_and_predict(tiny_data, "full.csv")
+    classes = np.array([int(line.split(",")[1]) for line in csv.splitlines()[1:]])
+    labels = np.load(tiny_data / "test_label_11.npy").astype(np.int64)
+    starts = utterance_starts(np.load(tiny_data / TEST_FEATURES))
+    expected = independent_metrics(classes, labels, list(zip(starts[:-1], starts[1:])))["per"]
+    assert per_viterbi == pytest.approx(expected, abs=1e-6)
 
 
 def test_predict_writes_decoded_classes(tiny_data, best_checkpoint, tmp_path):

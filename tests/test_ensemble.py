@@ -31,6 +31,8 @@ def test_an_ensemble_of_one_checkpoint_is_that_checkpoint(tiny_data, best_checkp
     test_alone = run_in(tmp_path, "test", *alone, "--data.data_dir", str(tiny_data)).trainer.callback_metrics
     test_one = run_in(tmp_path, "test", *one, "--data.data_dir", str(tiny_data)).trainer.callback_metrics
     assert float(test_one["test/acc"]) == float(test_alone["test/acc"])
+    for name in ("test/per", "test/acc_boundary", "test/acc_inner", "test/errors_at_boundary"):
+        assert float(test_one[name]) == float(test_alone[name]), name
     assert float(test_one["test/loss"]) == pytest.approx(float(test_alone["test/loss"]), abs=1e-5)
 
 

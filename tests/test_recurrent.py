@@ -6,6 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import BASELINE, REPO, run_in
+from test_phone_errors import assert_logged, independent_metrics
 from timit_lit.data import LengthBucketedOrder, UtteranceDataset
 from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.utterances import utterance_starts
@@ -97,7 +98,8 @@ def test_utterance_batches_hold_whole_utterances_in_row_order(tiny_data):
 @pytest.mark.parametrize("context, frames", [(1, slice(195, 234)), (11, slice(None))])
 def test_fit_test_predict_end_to_end(tiny_data, tmp_path, context, frames):
     """Centre frames (the shipped config) and whole 11-frame rows: the input is each row's window."""
-    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.context", str(context)]
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.context", str(context),
+              "--data.val_ratio", "0.2"]
     cli = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "2")
     assert cli.model.hparams.input_dim == 39 * context and cli.datamodule.batch_by == "utterances"
     run = tmp_path / "lightning_logs" / "version_0"
@@ -117,6 +119,9 @@ def test_fit_test_predict_end_to_end(tiny_data, tmp_path, context, frames):
             for a, b in zip(starts[:-1], starts[1:])
         ])
     assert float(test["test/acc"]) == pytest.approx(float((classes == labels).mean()), abs=1e-6)
+    # The phone error rate and boundary accuracies of utterance batches: the same as recomputed here.
+    expected = independent_metrics(classes, labels, list(zip(starts[:-1], starts[1:])))
+    assert_logged(test, "test", expected)
 
     # predict: the same CSV format and row order as the MLP's, whatever the network.
     out = tmp_path / "prediction.csv"
@@ -125,6 +130,58 @@ def test_fit_test_predict_end_to_end(tiny_data, tmp_path, context, frames):
     lines = out.read_text().splitlines()
     assert lines[0] == "Id,Class"
     assert lines[1:] == [f"{i},{c}" for i, c in enumerate(classes)]
+
+
+def test_every_utterance_one_cycle_and_averaged_weights(tiny_data, tmp_path):
+    """The shipped recipe's way of training (val_ratio 0, one-cycle stepped per batch, over
+    the whole run), with EMA weight averaging: the checkpoint holds the averaged weights,
+    and `test` scores those."""
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.batch_size", "2"]
+    ema = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay", "0.5"]
+    cli = run_in(tmp_path, "fit", *common, *ema, "--trainer.max_epochs", "2")
+    assert len(cli.datamodule._loaded["val"]) == 0 and len(cli.datamodule._loaded["train"]) == 12  # every utterance
+    (cycle,) = cli.trainer.lr_scheduler_configs
+    assert cycle.interval == "step" and isinstance(cycle.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    assert cycle.scheduler.total_steps == cli.trainer.global_step == 12  # 6 batches of 2 utterances, 2 epochs
+    assert isinstance(cli.trainer.optimizers[0], torch.optim.AdamW)
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] < 1e-6  # annealed from the peak (0.002) to ~0
+
+    run = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in run.iterdir()) == ["epoch=01.ckpt", "last.ckpt"]  # the last epoch, no metric
+    saved = torch.load(run / "last.ckpt", weights_only=True)
+    averaged, current = saved["state_dict"], saved["current_model_state"]
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
+
+    def loss_with(weights):
+        model = RecurrentPhoneClassifier(**{k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")})
+        model.load_state_dict(weights)
+        model.eval()
+        features = np.load(tiny_data / "test_11.npy")
+        labels = torch.from_numpy(np.load(tiny_data / "test_label_11.npy").astype(np.int64))
+        starts = utterance_starts(features)
+        with torch.no_grad():
+            logits = torch.cat([model(torch.from_numpy(features[a:b, 195:234])[None], torch.tensor([b - a]))[0]
+                                for a, b in zip(starts[:-1], starts[1:])])
+        return F.cross_entropy(logits, labels).item()
+
+    test = run_in(tmp_path, "test", *common, "--ckpt_path", str(run / "last.ckpt")).trainer.callback_metrics
+    assert float(test["test/loss"]) == pytest.approx(loss_with(averaged), abs=1e-5)
+    assert float(test["test/loss"]) != pytest.approx(loss_with(current), abs=1e-5)
+
+
+def test_label_smoothing_changes_the_training_loss_only():
+    torch.manual_seed(0)
+    smooth = RecurrentPhoneClassifier(input_dim=39, num_classes=39, hidden_size=8, num_layers=1, label_smoothing=0.1)
+    x, y, lengths = torch.randn(2, 7, 39), torch.randint(0, 39, (2, 7)), torch.tensor([7, 4])
+    smooth.log = lambda *args, **kwargs: None  # no trainer here
+    smooth.eval()
+    with torch.no_grad():
+        logits, targets = smooth.frame_logits((x, y, lengths))
+        val_loss = smooth._evaluate((x, y, lengths), smooth.val_acc, "val")[0]
+        train_loss = smooth._evaluate((x, y, lengths), smooth.train_acc, "train")[0]
+    assert val_loss.item() == pytest.approx(F.cross_entropy(logits, targets).item(), abs=1e-6)
+    assert train_loss.item() == pytest.approx(F.cross_entropy(logits, targets, label_smoothing=0.1).item(), abs=1e-6)
+    assert train_loss.item() != pytest.approx(val_loss.item(), abs=1e-4)
 
 
 def test_recurrent_model_with_row_batches_is_a_one_line_error(tiny_data, tmp_path, capsys):
@@ -153,7 +210,7 @@ def test_length_bucketed_order_is_a_shuffle_with_little_padding():
 
 def test_fit_with_length_buckets(tiny_data, tmp_path, capsys):
     cli = run_in(tmp_path, "fit", "--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL,
-                 "--data.bucket_by_length", "true", "--trainer.max_epochs", "1")
+                 "--data.bucket_by_length", "true", "--data.val_ratio", "0.2", "--trainer.max_epochs", "1")
     assert isinstance(cli.trainer.train_dataloader.sampler, LengthBucketedOrder)
     assert 0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1
     with pytest.raises(SystemExit):

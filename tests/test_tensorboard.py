@@ -3,6 +3,7 @@
 import io
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -30,9 +31,9 @@ def test_learning_rate_and_throughput_once_per_epoch(trained_run):
     assert "hp_metric" not in curves, "Lightning's placeholder metric is off"
 
 
-def test_confusion_and_per_phone_figures_for_each_validation_epoch(trained_run):
+def test_confusion_per_phone_and_segments_figures_for_each_validation_epoch(trained_run):
     acc = events(trained_run)
-    for tag in ("val/confusion", "val/phone_acc"):
+    for tag in ("val/confusion", "val/phone_acc", "val/segments"):
         images = acc.Images(tag)
         assert len(images) == 2, tag  # the 2 epochs; none from the sanity check
         assert images[0].step < images[1].step
@@ -74,6 +75,11 @@ def test_figures_can_be_turned_off_and_no_logger_is_fine(tiny_data, tmp_path):
     run_in(tmp_path, "fit", *common, "--figures.enabled", "false")
     acc = events(tmp_path / "lightning_logs" / "version_0")
     assert acc.Tags()["images"] == [] and "val/acc" in acc.Tags()["scalars"]
+    run_in(tmp_path, "fit", *common, "--figures.utterances", "0")
+    acc = events(tmp_path / "lightning_logs" / "version_1")
+    assert sorted(acc.Tags()["images"]) == ["val/confusion", "val/phone_acc"]
+    # One validation batch of rows: PER and the boundary accuracies of the rows it holds.
+    assert {"val/per", "val/acc_boundary", "val/acc_inner"} <= set(acc.Tags()["scalars"])
     # Every callback added by the CLI copes with a run that logs nothing.
     (tmp_path / "no_logger").mkdir()
     cli = run_in(tmp_path / "no_logger", "fit", *common, "--trainer.logger", "false")
@@ -95,3 +101,19 @@ def test_throughput_counts_every_row_of_every_process(monkeypatch):
     callback.on_train_batch_end(trainer, module, None, [(x, y), (x[:10], y[:10])], 1)
     callback.on_train_epoch_end(trainer, module)
     assert logged == {"train/frames_per_s": pytest.approx((64 + 64 + 10) * 2 / 2.5)}
+
+
+def test_segments_figure_of_one_utterance_is_a_drawing(tmp_path):
+    """One example (a lone subfigure); phones too short to name stay unnamed."""
+    rng = np.random.default_rng(0)
+    reference = np.repeat([38, 3, 17, 3, 38], [200, 2, 150, 90, 140])  # sil ae er ae sil
+    predicted = reference.copy()
+    predicted[[201, 250]] = 5  # uw for a frame, twice
+    example = {"frames": rng.normal(size=(len(reference), 39)), "reference": reference, "predicted": predicted,
+               "title": "one utterance"}
+    figure = monitoring.segments_figure([example], list(monitoring.PHONES), "title")
+    figure.savefig(tmp_path / "one.png")
+    pixels = imread(tmp_path / "one.png")
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 1000 and pixels.std() > 0.05
+    names = [text.get_text() for subfig in figure.subfigs for ax in subfig.axes for text in ax.texts]
+    assert names == ["sil", "er", "ae", "sil"] + ["sil", "er", "er", "ae", "sil"]  # reference, then predicted

@@ -34,10 +34,12 @@ from timit_lit.decoding import ViterbiEvaluation
 from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings
 from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
+from timit_lit.phone_errors import PhoneErrorEvaluation
 from timit_lit.prediction import CsvPredictionWriter
 from timit_lit.recurrent import RecurrentPhoneClassifier
 from timit_lit.resume import (AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint,
                               logger_version, read_checkpoint)
+from timit_lit.trust import one_line_parse_errors
 
 # Imported so that their short names work on the command line (--model RecurrentPhoneClassifier).
 NETWORKS = (PhoneModel, RecurrentPhoneClassifier, CheckpointEnsemble)
@@ -73,6 +75,8 @@ class TimitCLI(LightningCLI):
         parser.add_lightning_class_args(ValidationFigures, "figures")
         # Viterbi decoding scored in validate / test (off by default; timit_lit.decoding).
         parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
+        # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.phone_errors).
+        parser.add_lightning_class_args(PhoneErrorEvaluation, "phone_errors")
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
         # names another PhoneModel as model.class_path; plain `model:` options apply to it.
         parser.set_defaults({"model": {"class_path": "timit_lit.model.PhoneClassifier"}})
@@ -108,11 +112,26 @@ class TimitCLI(LightningCLI):
         saved = checkpoint.get("datamodule_hyper_parameters", {})
         data = {key: saved[key] for key in TimitDataModule.MODEL_DEFINING if key in saved}
         if data:
-            self.config = parser.parse_object({subcommand: {"data": data}}, self.config)
+            with one_line_parse_errors(parser, path):
+                self.config = parser.parse_object({subcommand: {"data": data}}, self.config)
         if subcommand == "fit" and asked in ("last", "hpc"):
             self._continue_logging(subcommand, logger_version(checkpoint, Path(path)))
         if subcommand in ("validate", "test"):
             self._log_into_run(subcommand, Path(path))
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's step that takes the model's class and arguments from the checkpoint's
+        hyper_parameters, done from the file parse_arguments has read and checked
+        (timit_lit.trust), with a value that does not parse reported in one line."""
+        if self._checkpoint is None:
+            return
+        path, checkpoint = self._checkpoint
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        if hparams:
+            with one_line_parse_errors(self.parser, path):
+                self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
 
     def _continue_logging(self, subcommand: str, version) -> None:
         """Make the resumed run log into the version folder of the run it continues, so its
@@ -163,8 +182,9 @@ class TimitCLI(LightningCLI):
             # No validation: keep the latest epoch rather than wait for a metric that never comes.
             config.checkpoint.monitor = None
             config.checkpoint.filename = "epoch={epoch:02d}"
-            # ... and no validation batches, which is what Lightning then warns about.
-            warnings.filterwarnings("ignore", message=r".*Total length of `list` across ranks is zero.*")
+        if config.data.val_ratio == 0 and self.subcommand == "fit":
+            # Nothing to validate, so no validation loop (Lightning would warn about its empty loader).
+            config.trainer.limit_val_batches = 0
         if self.subcommand in ("validate", "test", "predict"):
             # Configs for these (ensemble.yaml) set no epochs, and Lightning warns about it anyway.
             warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
@@ -411,9 +431,16 @@ def main(args: list[str] | None = None) -> TimitCLI:
             # Always present, whatever the config's trainer.callbacks: RNG states in every checkpoint.
             trainer_defaults={"callbacks": [ResumeState()]},
         )
-    except InputError as error:
-        print(f"timit_lit: error: {' '.join(str(error).split())}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (InputError, ValueError) as error:
+        # jsonargparse reports an InputError raised while it builds the model (an ensemble
+        # loading its members) as the cause of its own multi-line ValueError.
+        cause = error
+        while cause is not None and not isinstance(cause, InputError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"timit_lit: error: {' '.join(str(cause).split())}", file=sys.stderr)
+        raise SystemExit(getattr(cause, "exit_code", 2)) from None
     except SIGTERMException:
         # Lightning stops after the current batch; exit as a process killed by SIGTERM would.
         print("timit_lit: stopped by SIGTERM", file=sys.stderr)

@@ -35,14 +35,25 @@ class InputError(ValueError):
     """Bad input: the message names the file and the problem; the CLI prints it on one line."""
 
 
+def map_npy(path: Path) -> np.memmap:
+    """Memory-map a ``.npy`` file, checked to be as long as its header says: a damaged header
+    that claims fewer rows or a narrower dtype would otherwise silently drop the rest."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as error:  # numpy raises several types for a file that is not .npy
+        raise InputError(f"{path}: not a readable .npy file ({error})") from error
+    size, expected = path.stat().st_size, array.offset + array.nbytes
+    if size != expected:
+        raise InputError(f"{path}: damaged .npy file: {size:,} bytes, where its header "
+                         f"({array.dtype} {array.shape}) says {expected:,}")
+    return array
+
+
 def open_features(path: Path) -> np.ndarray:
     """Memory-map a 2-D float feature file (header only; rows are read on demand)."""
     if not path.is_file():
         raise InputError(f"{path}: file not found (expected a rows x features .npy array)")
-    try:
-        features = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as error:  # numpy raises several types for a file that is not .npy
-        raise InputError(f"{path}: not a readable .npy file ({error})") from error
+    features = map_npy(path)
     if features.ndim != 2:
         raise InputError(f"{path}: features must be 2-D (rows x features), got shape {features.shape}")
     if not np.issubdtype(features.dtype, np.floating):
@@ -88,8 +99,11 @@ def float32_features(path: Path, cache_dir: Optional[Path] = None) -> np.ndarray
         return features
     cache = float32_cache_path(path, cache_dir)
     if cache.is_file() and cache.stat().st_mtime_ns == path.stat().st_mtime_ns:  # stamped below
-        cached = np.load(cache, mmap_mode="r")
-        if cached.shape == features.shape and cached.dtype == np.float32:
+        try:
+            cached = map_npy(cache)
+        except InputError:  # a damaged cache is made again
+            cached = None
+        if cached is not None and cached.shape == features.shape and cached.dtype == np.float32:
             return cached
     _convert_to_float32(path, features.shape, features.dtype, features.offset, cache)
     return np.load(cache, mmap_mode="r")
@@ -132,10 +146,7 @@ def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) 
     """Read labels (strings like '12' as in the course files, or integers) as int64, checked."""
     if not path.is_file():
         raise InputError(f"{path}: file not found (expected the labels of {features_path.name})")
-    try:
-        raw = np.load(path, allow_pickle=False)
-    except Exception as error:
-        raise InputError(f"{path}: not a readable .npy file ({error})") from error
+    raw = map_npy(path)
     if raw.ndim != 1:
         raise InputError(f"{path}: labels must be 1-D, got shape {raw.shape}")
     if len(raw) != n_rows:
@@ -143,9 +154,11 @@ def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) 
     if raw.dtype.kind in "US":
         try:
             labels = raw.astype(np.int64)
-        except ValueError:
-            bad = next(i for i, v in enumerate(raw) if not str(v).strip().lstrip("+-").isdigit())
-            raise InputError(f"{path}: label {raw[bad]!r} at row {bad} is not an integer") from None
+        except Exception as error:  # ValueError; OverflowError; SystemError for bytes that are no characters
+            bad = next((i for i in range(len(raw)) if not _integer_text(raw, i)), None)
+            if bad is None:
+                raise InputError(f"{path}: labels do not convert to integers ({error})") from None
+            raise InputError(f"{path}: label {_shown(raw, bad)} at row {bad} is not an integer") from None
     elif raw.dtype.kind in "iu":
         labels = raw.astype(np.int64)
     elif raw.dtype.kind == "f":
@@ -161,6 +174,21 @@ def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) 
         bad = int(np.argmax(outside))
         raise InputError(f"{path}: label {labels[bad]} at row {bad} is outside 0..{num_classes - 1}")
     return labels
+
+
+def _integer_text(raw: np.ndarray, row: int) -> bool:
+    try:
+        digits = str(raw[row]).strip().lstrip("+-")
+    except Exception:  # a damaged string (SystemError for code points beyond Unicode)
+        return False
+    return digits.isascii() and digits.isdigit()
+
+
+def _shown(raw: np.ndarray, row: int) -> str:
+    try:
+        return repr(str(raw[row]))
+    except Exception:
+        return "(not text)"
 
 
 class FrameDataset(Dataset):
@@ -492,7 +520,14 @@ class TimitDataModule(pl.LightningDataModule):
                  rows: Optional[np.ndarray] = None):
         """A dataset over ``features`` (all rows, or ``rows``): utterances or rows, as ``batch_by``
         says; with ``features_on_device`` on an accelerator, the file is copied there once
-        and the dataset serves row ids."""
+        and the dataset serves row ids. Each dataset names its feature file (``dataset.file``),
+        so that what needs its utterances asks :meth:`utterance_starts`."""
+        dataset = self._rows_or_utterances(file, features, starts, labels, rows)
+        dataset.file = TRAIN_FEATURES if file == "train" else TEST_FEATURES
+        return dataset
+
+    def _rows_or_utterances(self, file: str, features, starts: Optional[np.ndarray], labels: Optional[np.ndarray],
+                            rows: Optional[np.ndarray]):
         if self.batch_by == "utterances":
             return UtteranceDataset(features, labels, np.arange(len(features)) if rows is None else rows, starts)
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")

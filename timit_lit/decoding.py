@@ -35,6 +35,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, InputError
+from timit_lit.phone_errors import phone_error_rate
 from timit_lit.utterances import segment_offsets
 
 NUM_PHONES = 39
@@ -253,8 +254,8 @@ def choose_transition_weight(
 
 class ViterbiEvaluation(pl.Callback):
     """Scores Viterbi decoding in ``validate``, ``test`` and fit's validation, logged as
-    ``val/acc_viterbi`` or ``test/acc_viterbi`` next to the framewise ``*/acc``; with it
-    enabled, ``predict`` writes the decoded classes.
+    ``val/acc_viterbi`` or ``test/acc_viterbi`` next to the framewise ``*/acc``, and its phone
+    error rate as ``*/per_viterbi`` (:mod:`timit_lit.phone_errors`); with it enabled, ``predict`` writes the decoded classes.
 
     The phone statistics belong to the model, like its weights. Every ``fit`` counts them
     from the training split's rows alone, cut into utterances and at the split's cuts (so
@@ -304,9 +305,12 @@ class ViterbiEvaluation(pl.Callback):
         rows = dataset.rows.numpy()
         file = TRAIN_FEATURES if split == "val" else TEST_FEATURES
         stats = self.statistics(trainer, pl_module)
-        decoded = self.decode(trainer.datamodule, torch.cat(self._log_posteriors), rows, file, stats)
+        offsets = self.offsets(trainer.datamodule, rows, file)
+        decoded = viterbi_decode(torch.cat(self._log_posteriors), offsets, stats, self.transition_weight, self.prior_weight)
         self._log_posteriors = []
-        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded, dataset.labels[rows]))
+        labels = dataset.labels[rows]
+        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded, labels))
+        pl_module.log(f"{stage}/per_viterbi", phone_error_rate(decoded, labels, offsets))
 
     def statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> PhoneStatistics:
         """The model's phone statistics (counted by its fit, or read from its checkpoint); for
@@ -325,8 +329,13 @@ class ViterbiEvaluation(pl.Callback):
                stats: PhoneStatistics) -> torch.Tensor:
         """The Viterbi classes of ``rows`` (sorted row ids of ``file`` in the data folder)
         from their log posteriors; also used by ``predict`` (timit_lit.prediction)."""
-        offsets = segment_offsets(rows, datamodule.utterance_starts(file))
-        return viterbi_decode(log_posteriors, offsets, stats, self.transition_weight, self.prior_weight)
+        return viterbi_decode(log_posteriors, self.offsets(datamodule, rows, file), stats, self.transition_weight,
+                              self.prior_weight)
+
+    @staticmethod
+    def offsets(datamodule, rows: np.ndarray, file: str) -> np.ndarray:
+        """The segments of ``rows`` (sorted row ids of ``file``): its utterances, cut where rows are missing."""
+        return segment_offsets(rows, datamodule.utterance_starts(file))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._score(trainer, pl_module, "val", "val")

@@ -15,8 +15,8 @@ Used from the command line with ``validate``, ``test`` or ``predict``:
 
 from __future__ import annotations
 
-import importlib
 import inspect
+from argparse import ArgumentError
 from typing import Literal, Union
 
 import torch
@@ -24,20 +24,27 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
 from timit_lit.data import InputError, TimitDataModule
-from timit_lit.model import PhoneModel
+from timit_lit.model import PhoneClassifier, PhoneModel
 from timit_lit.resume import read_checkpoint
+from timit_lit.trust import checkpoint_network, parse_error_reason
 
 
 # What an ensemble takes from its members' data settings: what defines their input, and the split.
 MEMBER_SETTINGS = (*TimitDataModule.MODEL_DEFINING, "split", "split_seed", "val_ratio")
 
 
-def member_data_settings(checkpoint: dict) -> dict:
+def member_data_settings(path: str, checkpoint: dict) -> dict:
     """The data settings a checkpoint's model was trained with (TimitDataModule's defaults
-    for any it does not record)."""
+    for any it does not record), each of its default's type."""
     saved = checkpoint.get("datamodule_hyper_parameters", {})
     defaults = inspect.signature(TimitDataModule).parameters
-    return {key: saved.get(key, defaults[key].default) for key in MEMBER_SETTINGS}
+    settings = {key: saved.get(key, defaults[key].default) for key in MEMBER_SETTINGS}
+    for key, value in settings.items():
+        kind = type(defaults[key].default)  # int, float or str
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+            raise InputError(f"{path}: damaged checkpoint (datamodule_hyper_parameters.{key} is {value!r}, "
+                             f"not {kind.__name__})")
+    return settings
 
 
 def ensemble_data_settings(paths: list[str]) -> dict:
@@ -47,7 +54,7 @@ def ensemble_data_settings(paths: list[str]) -> dict:
     must predict the same classes."""
     if not paths:
         raise InputError("model.checkpoints is empty: list the checkpoints to ensemble")
-    settings = {path: member_data_settings(read_checkpoint(path)[1]) for path in paths}
+    settings = {path: member_data_settings(*read_checkpoint(path)) for path in paths}
     classes = {s["num_classes"] for s in settings.values()}
     if len(classes) > 1:
         detail = ", ".join(f"{p}: {s['num_classes']}" for p, s in settings.items())
@@ -67,17 +74,17 @@ def ensemble_data_settings(paths: list[str]) -> dict:
 
 def load_member(path: str) -> PhoneModel:
     """A trained model from its checkpoint, of the class it was trained as, for inference."""
-    path, checkpoint = read_checkpoint(path)
-    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path", "timit_lit.model.PhoneClassifier")
-    module, _, name = class_path.rpartition(".")
-    model_class = getattr(importlib.import_module(module), name)
-    if not (isinstance(model_class, type) and issubclass(model_class, PhoneModel)) or model_class is CheckpointEnsemble:
-        raise InputError(f"{path}: holds a {class_path}, not a trained phone model")
+    path, checkpoint = read_checkpoint(path)  # its class checked, not imported (timit_lit.trust)
+    model_class = checkpoint_network(path, checkpoint) or PhoneClassifier
+    if model_class is CheckpointEnsemble:
+        raise InputError(f"{path}: holds an ensemble, not a trained phone model")
     try:
-        model = model_class.load_from_checkpoint(path, map_location="cpu")
+        model = model_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except ArgumentError as error:
+        raise InputError(f"{path}: a saved hyperparameter does not parse: {parse_error_reason(error)}") from None
     except Exception as error:
         raise InputError(f"{path}: cannot load its model ({type(error).__name__}: {error})") from error
-    model.context = member_data_settings(checkpoint)["context"]
+    model.context = member_data_settings(path, checkpoint)["context"]
     return model.eval()
 
 

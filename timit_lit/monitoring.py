@@ -5,21 +5,26 @@ The CLI adds all of these to every run (see ``cli.py``), each tunable from the c
 - ``lr_monitor``: the learning rate, once per epoch (Lightning's ``LearningRateMonitor``);
 - ``throughput``: training frames per second, once per epoch;
 - ``figures``: per validation epoch, the confusion matrix and the accuracy of each phone,
-  with the phone names on the axes, drawn with torchmetrics' plotting;
+  with the phone names on the axes, drawn with torchmetrics' plotting, and a few
+  validation utterances: their features over time above the reference phones and the
+  predicted ones (``val/segments``);
 - the HParams tab: the run's whole config with its best ``val/acc`` (:class:`RunConfig`,
   which also writes ``config.yaml`` into the run folder).
 
 All of them work from host-side counters or once per epoch: nothing here makes the
-device synchronise on a training step.
+device synchronise on a training step. (The phone error rate and boundary accuracies are
+logged by :mod:`timit_lit.phone_errors`.)
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import torch
 import yaml
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor
@@ -27,7 +32,10 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.utilities.plot import plot_single_or_multi_val
 
+from timit_lit.phone_errors import dataset_starts, phone_error_rate
 from timit_lit.phones import PHONES
+from timit_lit.synthetic import FRAME_DIMS
+from timit_lit.utterances import segment_offsets
 
 BEST_METRIC = "hp/best_val_acc"
 
@@ -134,38 +142,156 @@ def per_class_figure(counts: torch.Tensor, names: list[str], title: str) -> Figu
     return fig
 
 
-class ValidationFigures(Callback):
-    """After each validation epoch, logs two images to TensorBoard: ``val/confusion`` (the
-    row-normalised confusion matrix) and ``val/phone_acc`` (the accuracy of each phone).
+def _phone_colours(num_classes: int) -> list:
+    """One colour per class, the same in every strip (tab20 and tab20b: 40 distinct colours)."""
+    colours = [*colormaps["tab20"].colors, *colormaps["tab20b"].colors]
+    return [colours[k % len(colours)] for k in range(num_classes)]
 
-    They come from the model's ``val_confusion`` metric, whose counts add up on the device
-    during validation; reading them (summed over all processes) and drawing the figures
-    takes about a second per epoch on 2 CPU cores. Skipped during the sanity check, and
-    when the run logs to no TensorBoard.
+
+def _phone_strip(ax, classes: np.ndarray, names: list[str], colours: list, label: str) -> None:
+    """``classes`` (one per frame) as a strip of phone segments, each named where it is wide enough."""
+    first = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+    widths = np.diff(np.r_[first, len(classes)])
+    phones = classes[first]
+    ax.broken_barh(list(zip(first - 0.5, widths)), (0, 1), facecolors=[colours[c] for c in phones],
+                   edgecolor="white", linewidth=0.6)
+    min_width = len(classes) / 70  # frames a 3-letter name needs at this figure's width
+    for start, width, phone in zip(first, widths, phones):
+        if width >= min_width:
+            dark = sum(colours[phone][:3]) < 1.5
+            ax.text(start - 0.5 + width / 2, 0.5, names[phone], ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+    ax.set_ylim(0, 1)
+    ax.set_yticks([0.5], [label])
+    ax.tick_params(axis="y", length=0)
+
+
+def segments_figure(examples: list[dict], names: list[str], title: str) -> Figure:
+    """For each example utterance (``frames``: frames x features, ``reference`` and
+    ``predicted``: a class per frame, ``title``): its features as an image over time, each
+    dimension standardised over the utterance, the reference's phone boundaries drawn on
+    it, above the reference and the predicted phone segments (one colour per phone) and a
+    strip marking the frames predicted wrong."""
+    colours = _phone_colours(len(names))
+    fig = Figure(figsize=(15, 3.3 * len(examples)), layout="constrained")
+    fig.suptitle(title)
+    for subfig, example in zip(np.atleast_1d(fig.subfigures(len(examples), 1, hspace=0.04)), examples):
+        frames, reference, predicted = example["frames"], example["reference"], example["predicted"]
+        ax_features, ax_reference, ax_predicted, ax_wrong = subfig.subplots(
+            4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 0.55, 0.55, 0.2], "hspace": 0.02})
+        scaled = (frames - frames.mean(0)) / frames.std(0).clip(min=1e-6)
+        ax_features.imshow(scaled.T.clip(-3, 3), aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
+                           extent=(-0.5, len(frames) - 0.5, -0.5, frames.shape[1] - 0.5))
+        for edge in np.flatnonzero(reference[1:] != reference[:-1]):  # the reference's phone boundaries
+            ax_features.axvline(edge + 0.5, color="white", linewidth=0.6, alpha=0.6)
+        ax_features.set_ylabel("feature")
+        ax_features.set_title(example["title"], fontsize=10, loc="left")
+        _phone_strip(ax_reference, reference, names, colours, "reference")
+        _phone_strip(ax_predicted, predicted, names, colours, "predicted")
+        wrong = (predicted != reference).astype(float)[None, :]
+        ax_wrong.imshow(wrong, aspect="auto", cmap="Reds", vmin=0, vmax=1.25, interpolation="nearest",
+                        extent=(-0.5, len(frames) - 0.5, 0, 1))
+        ax_wrong.set_yticks([0.5], ["wrong"])
+        ax_wrong.tick_params(axis="y", length=0)
+        ax_wrong.set_xlabel("frame (10 ms)")
+    return fig
+
+
+def centre_frame_features(rows: np.ndarray) -> np.ndarray:
+    """Each row's centre frame (the labelled one) where rows are spliced frames of
+    ``FRAME_DIMS`` features, else the rows as they are."""
+    n_frames, extra = divmod(rows.shape[1], FRAME_DIMS)
+    if extra or n_frames % 2 == 0:
+        return rows
+    return rows[:, n_frames // 2 * FRAME_DIMS : (n_frames // 2 + 1) * FRAME_DIMS]
+
+
+def example_segments(dataset, count: int, datamodule=None) -> list[tuple[int, int, int]]:
+    """``(segment, first, stop)``: the first ``count`` segments of the split's rows that are
+    whole utterances (then others, if there are fewer), as positions in ``dataset.rows``."""
+    rows = dataset.rows.numpy()
+    starts = dataset_starts(dataset, datamodule)
+    if starts is None or not len(rows):
+        return []
+    offsets = segment_offsets(rows, starts)
+    whole = np.isin(rows[offsets[:-1]], starts) & np.isin(rows[offsets[1:] - 1] + 1, starts)
+    chosen = np.sort(np.r_[np.flatnonzero(whole), np.flatnonzero(~whole)][:count])
+    return [(int(k), int(offsets[k]), int(offsets[k + 1])) for k in chosen]
+
+
+class ValidationFigures(Callback):
+    """After each validation epoch, logs three images to TensorBoard: ``val/confusion`` (the
+    row-normalised confusion matrix), ``val/phone_acc`` (the accuracy of each phone) and
+    ``val/segments`` (:func:`segments_figure` of the first ``utterances`` whole utterances
+    of the validation split, the same ones every epoch).
+
+    The first two come from the model's ``val_confusion`` metric, whose counts add up on
+    the device during validation; reading them (summed over all processes) and drawing the
+    figures takes about a second per epoch on 2 CPU cores. The segments are predicted
+    again, by one forward pass per utterance on rank 0. Skipped during the sanity check,
+    and when the run logs to no TensorBoard.
 
     Args:
         enabled: log the figures; ``false`` skips them.
+        utterances: how many utterances ``val/segments`` shows (0: no such figure).
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, utterances: int = 3):
         self.enabled = enabled
+        self.utterances = utterances
+        self._examples: Optional[tuple[object, list]] = None  # (dataset, example_segments of it)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         confusion = getattr(pl_module, "val_confusion", None)
         tensorboard = _tensorboard(trainer)
-        if not self.enabled or trainer.sanity_checking or confusion is None or tensorboard is None:
+        if not self.enabled or trainer.sanity_checking or tensorboard is None:
             return
-        counts = confusion.compute().cpu()  # on every process: it sums the counts of all
-        if not trainer.is_global_zero or counts.sum() == 0:
+        counts = confusion.compute().cpu() if confusion is not None else None  # on every process: it sums all
+        if not trainer.is_global_zero:
             return
-        names = _class_names(len(counts))
         epoch = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
-        figures = {
-            "val/confusion": confusion_figure(confusion, counts, names, f"validation confusion, rows normalised ({epoch})"),
-            "val/phone_acc": per_class_figure(counts, names, f"validation accuracy per phone ({epoch})"),
-        }
+        figures = {}
+        if counts is not None and counts.sum() > 0:
+            names = _class_names(len(counts))
+            figures["val/confusion"] = confusion_figure(confusion, counts, names,
+                                                        f"validation confusion, rows normalised ({epoch})")
+            figures["val/phone_acc"] = per_class_figure(counts, names, f"validation accuracy per phone ({epoch})")
+        examples = self._predict_examples(trainer, pl_module) if self.utterances > 0 else []
+        if examples:
+            names = _class_names(getattr(pl_module.hparams, "num_classes", len(PHONES)))
+            figures["val/segments"] = segments_figure(examples, names, f"validation utterances ({epoch})")
         for tag, figure in figures.items():
             tensorboard.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=True)
+
+    def _predict_examples(self, trainer: Trainer, pl_module: LightningModule) -> list[dict]:
+        """The example utterances' centre frames, labels and predicted classes."""
+        dataset = trainer.val_dataloaders.dataset
+        if self._examples is None or self._examples[0] is not dataset:
+            self._examples = (dataset, example_segments(dataset, self.utterances, getattr(trainer, "datamodule", None)))
+        examples = []
+        for segment, first, stop in self._examples[1]:
+            rows = dataset.rows[first:stop].numpy()
+            features = torch.from_numpy(np.asarray(dataset.features[rows]))
+            labels = torch.from_numpy(dataset.labels[rows])
+            if hasattr(dataset, "offsets"):  # utterance batches: (utterances x frames x features, labels, lengths)
+                batch = (features[None], labels[None], torch.tensor([len(rows)]))
+            else:
+                batch = (features, labels)
+            precision = trainer.precision_plugin
+            with torch.no_grad(), precision.forward_context():
+                batch = precision.convert_input(tuple(t.to(pl_module.device) for t in batch))
+                predicted = pl_module.frame_logits(batch)[0].argmax(dim=1).cpu().numpy()
+            reference = labels.numpy()
+            offsets = np.array([0, len(rows)])
+            examples.append({
+                "frames": centre_frame_features(features.numpy()),
+                "reference": reference,
+                "predicted": predicted,
+                "title": f"validation segment {segment}: rows {rows[0]}-{rows[-1]} of the file ({len(rows)} frames); "
+                         f"frame accuracy {np.mean(predicted == reference):.3f}, "
+                         f"PER {phone_error_rate(predicted, reference, offsets):.3f}",
+            })
+        return examples
 
 
 class RunConfig(SaveConfigCallback):

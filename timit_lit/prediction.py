@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
@@ -21,15 +22,40 @@ from timit_lit.phones import PHONES
 CLASS_HEADERS = {"kaggle": "Class", "mle-bench": "ClassId"}
 
 
+class OutputError(InputError):
+    """A file could not be written (disk full, ...): one line, as bad input, but exit status 1."""
+
+    exit_code = 1
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail before the work rather than after it: ``path``'s folder exists (made if needed)
+    and takes a new file, and no folder stands at ``path``."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; {option} must name a file")
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not existing.is_dir():
+        raise InputError(f"{path}: {existing} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise InputError(f"{path}: cannot write to its folder {path.parent} ({error.strerror or error})") from None
+
+
 def write_atomically(path: Path, write: Callable[[object], None], mode: str = "w") -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``, so
     a failure never leaves a truncated file (or destroys the previous one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
             write(f)
         os.replace(tmp, path)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error}); nothing written, "
+                          f"any previous file kept") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -78,6 +104,10 @@ class CsvPredictionWriter(BasePredictionWriter):
         self.posteriors_dtype = np.dtype(posteriors_dtype)
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # On every process (rank 0 writes): all stop together rather than leave the others waiting.
+        check_writable(self.output_path, "prediction.output_path")
+        if self.posteriors_path is not None:
+            check_writable(self.posteriors_path, "prediction.posteriors_path")
         num_classes = getattr(pl_module.hparams, "num_classes", len(PHONES))
         if self.with_phone and num_classes != len(PHONES):
             raise InputError(f"prediction.with_phone needs the {len(PHONES)} TIMIT phone classes; this model has {num_classes}")

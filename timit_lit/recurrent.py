@@ -103,6 +103,7 @@ class RecurrentPhoneClassifier(PhoneModel):
         if not 0.0 <= label_smoothing < 1.0:
             raise InputError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
+        self.frames_per_step, self.num_classes = frames_per_step, num_classes
         self.masking = InputMasking(time_masks, time_mask_frames, feature_masks, feature_mask_dims)
         step_input = frames_per_step * input_dim
         self.front = ConvFrontEnd(step_input, conv_channels, conv_kernel) if conv_channels else None
@@ -115,7 +116,7 @@ class RecurrentPhoneClassifier(PhoneModel):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits ``utterances x frames x classes`` for padded ``x`` (``utterances x frames x
         features``) of the given real ``lengths``; padded frames' logits mean nothing."""
-        k, (n_utterances, n_frames, _) = self.hparams.frames_per_step, x.shape
+        k, (n_utterances, n_frames, _) = self.frames_per_step, x.shape
         lengths = lengths.to(x.device)
         if k > 1 or self.front is not None:
             # Zero every frame past an utterance's end, so that its last, partly filled step,
@@ -134,7 +135,7 @@ class RecurrentPhoneClassifier(PhoneModel):
             h_back = back(_reverse(h, reverse))[0]
             h = torch.cat([ahead(h)[0], _reverse(h_back, reverse)], dim=2)
         logits = self.head(self.dropout(h))  # utterances x steps x (k * classes)
-        return logits.reshape(n_utterances, -1, self.hparams.num_classes)[:, :n_frames]
+        return logits.reshape(n_utterances, -1, self.num_classes)[:, :n_frames]
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -18,6 +18,8 @@ The pieces, all used by the CLI:
 from __future__ import annotations
 
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +33,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.data import InputError
+from timit_lit.trust import checkpoint_network
 from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_states
 
 CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
@@ -166,16 +169,45 @@ _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 def read_checkpoint(path) -> Optional[tuple[str, dict]]:
-    """The path and (memory-mapped) contents of a checkpoint file; None for no path and for
-    Lightning's special values such as ``best``, which it resolves itself."""
+    """The path and contents of a checkpoint file, checked: read without
+    unpickling code, and naming no network but a known one (:mod:`timit_lit.trust`). None
+    for no path and for Lightning's special values such as ``best``, which it resolves itself."""
     if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
         return None
     if not Path(path).is_file():
         raise InputError(f"{path}: checkpoint file not found")
+    _check_zip(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Read whole, not memory-mapped: torch then checks each tensor against the size of its
+        # zip member, where a map would read past a short one into the next (or past the end).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        if "Weights only load failed" in str(error):  # torch refused a pickled object: say what, not "retry unsafely"
+            found = re.search(r"GLOBAL (\S+)", str(error))
+            raise InputError(f"{path}: not a readable checkpoint: it holds a pickled object "
+                             f"{found.group(1) if found else '(not a tensor or plain value)'}, "
+                             f"and checkpoints are read as weights only") from None
         raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    weights = checkpoint["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError(f"{path}: damaged checkpoint (its state_dict is not a mapping of names to tensors)")
+    if not isinstance(checkpoint.get("datamodule_hyper_parameters", {}), dict):
+        raise InputError(f"{path}: damaged checkpoint (its datamodule_hyper_parameters is not a mapping)")
+    checkpoint_network(str(path), checkpoint)  # before anything resolves the class it names
     return str(path), checkpoint
+
+
+def _check_zip(path) -> None:
+    """A checkpoint's members checked against their CRCs: torch reads tensors without
+    checking, so a damaged byte in a shared file would silently change the weights."""
+    if not zipfile.is_zipfile(path):
+        return  # torch.load says what it is not
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as error:  # zipfile raises several types for a damaged archive
+        raise InputError(f"{path}: damaged checkpoint ({type(error).__name__}: {error})") from None
+    if bad is not None:
+        raise InputError(f"{path}: damaged checkpoint ({bad} does not match its checksum)")

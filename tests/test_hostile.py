@@ -1,0 +1,225 @@
+"""Files from others: a checkpoint never runs or imports code; outputs are checked before the work."""
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+import timit_lit.prediction
+from conftest import BASELINE, QUIET, REPO, run_in
+from test_errors import fails_with
+from timit_lit.model import PhoneModel
+
+ENSEMBLE = str(REPO / "configs" / "ensemble.yaml")
+
+
+def hostile_module(tmp_path, monkeypatch):
+    """An importable module of a PhoneModel subclass whose import writes a marker file.
+    Returns (module name, marker)."""
+    name = f"hostile_{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / f"{name}.imported"
+    (tmp_path / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from timit_lit.model import PhoneClassifier\n"
+        "class Net(PhoneClassifier):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name, marker
+
+
+def altered(checkpoint, path, hparams=None, entries=None):
+    """A copy of ``checkpoint`` at ``path`` with some hyper_parameters or top-level entries replaced."""
+    saved = torch.load(checkpoint, weights_only=True)
+    if hparams is not None:
+        saved["hyper_parameters"] = {**saved["hyper_parameters"], **hparams}
+    saved.update(entries or {})
+    torch.save(saved, path)
+    return path
+
+
+def entry_points(tiny_data, checkpoint, workdir):
+    """Every way a checkpoint file comes into a run, as command lines."""
+    data = ["--data.data_dir", str(tiny_data)]
+    last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(checkpoint, last)
+    return {
+        "predict": ["predict", "--config", BASELINE, *data, "--ckpt_path", str(checkpoint)],
+        "test": ["test", "--config", BASELINE, *data, "--ckpt_path", str(checkpoint)],
+        "validate": ["validate", "--config", BASELINE, *data, "--ckpt_path", str(checkpoint)],
+        "fit resume": ["fit", "--config", BASELINE, *data, "--ckpt_path", str(checkpoint)],
+        "fit --ckpt_path last": ["fit", "--config", BASELINE, *data, "--ckpt_path", "last"],
+        "ensemble member": ["test", "--config", ENSEMBLE, *data, "--model.checkpoints", f"[{checkpoint}]"],
+    }
+
+
+def test_a_checkpoint_naming_another_module_imports_nothing(tiny_data, best_checkpoint, tmp_path, monkeypatch, capsys):
+    name, marker = hostile_module(tmp_path, monkeypatch)
+    hostile = altered(best_checkpoint, tmp_path / "shared.ckpt", {"_class_path": f"{name}.Net"})
+    for entry, args in entry_points(tiny_data, hostile, tmp_path / "run").items():
+        line = fails_with(tmp_path / "run", capsys, *args)
+        assert ".ckpt" in line and f"{name}.Net" in line and "never imported" in line, (entry, line)
+        assert not marker.exists() and name not in sys.modules, entry
+
+
+def test_a_checkpoint_of_your_own_network_loads_once_you_name_it(tiny_data, best_checkpoint, tmp_path, monkeypatch):
+    """The user's own module, named on the command line, is the user's choice: its checkpoints work."""
+    name, marker = hostile_module(tmp_path, monkeypatch)
+    own = altered(best_checkpoint, tmp_path / "own.ckpt", {"_class_path": f"{name}.Net"})
+    try:
+        cli = run_in(tmp_path, "predict", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--model", f"{name}.Net",
+                     "--ckpt_path", str(own))
+        assert type(cli.model).__name__ == "Net" and marker.exists()
+        assert (tmp_path / "prediction.csv").is_file()
+    finally:
+        sys.modules.pop(name, None)
+
+
+class Payload:
+    """Unpickling this runs a shell command that writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("entry", ["predict", "ensemble member"])
+def test_a_pickled_payload_never_runs(entry, tiny_data, best_checkpoint, tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+    hostile = altered(best_checkpoint, tmp_path / "payload.ckpt", entries=dict(extra=Payload(marker)))
+    line = fails_with(tmp_path, capsys, *entry_points(tiny_data, hostile, tmp_path)[entry])
+    assert "payload.ckpt: not a readable checkpoint: it holds a pickled object" in line and "system" in line, line
+    assert not marker.exists()
+
+
+def test_a_real_process_refuses_the_foreign_class_without_importing_it(tiny_data, best_checkpoint, tmp_path):
+    name = f"hostile_{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "imported"
+    (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Anything:\n    pass\n")
+    hostile = altered(best_checkpoint, tmp_path / "shared.ckpt", {"_class_path": f"{name}.Anything"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    result = subprocess.run([sys.executable, "-m", "timit_lit", "predict", "--config", BASELINE, "--data.data_dir",
+                             str(tiny_data), "--ckpt_path", str(hostile), *QUIET],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"timit_lit: error: {hostile}: names the network")
+    assert not marker.exists()
+
+
+HYPERPARAMETER_CASES = {
+    # id: (hyper_parameters to set, or top-level entries; words the message must hold)
+    "value of the wrong type": (dict(hidden_sizes="wide"), {}, ["hidden_sizes", "tuple", "wide"]),
+    "unknown argument": (dict(extra=1), {}, ["hyper_parameters.extra is not an argument of timit_lit.model.PhoneClassifier"]),
+    "nested class path": (dict(hidden_sizes={"class_path": "os.system"}), {},
+                          ["hyper_parameters.hidden_sizes.class_path names a class", "os.system"]),
+    "class path not a string": (dict(_class_path=7), {}, ["names the network 7"]),
+    "not a PhoneModel": (dict(_class_path="torch.nn.Linear"), {}, ["torch.nn.Linear", "not a PhoneModel"]),
+    "hyper_parameters a list": (None, dict(hyper_parameters=[1, 2]), ["hyper_parameters is not a mapping"]),
+    "state_dict not tensors": (None, dict(state_dict={"net.0.weight": "x"}), ["state_dict is not a mapping of names to tensors"]),
+    "datamodule value": (None, dict(datamodule_hyper_parameters={"context": "wide"}), ["data.context", "int", "wide"]),
+}
+
+
+@pytest.mark.parametrize("case", HYPERPARAMETER_CASES, ids=list(HYPERPARAMETER_CASES))
+def test_bad_saved_settings_give_one_line(case, tiny_data, best_checkpoint, tmp_path, capsys):
+    hparams, entries, words = HYPERPARAMETER_CASES[case]
+    bad = altered(best_checkpoint, tmp_path / "bad.ckpt", hparams, entries)
+    line = fails_with(tmp_path, capsys, "predict", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(bad))
+    assert "bad.ckpt: " in line
+    for word in words:
+        assert word in line, line
+
+
+def test_a_bad_saved_value_of_an_ensemble_member_gives_one_line(tiny_data, best_checkpoint, tmp_path, capsys):
+    bad = altered(best_checkpoint, tmp_path / "member.ckpt", dict(hidden_sizes="wide"))
+    line = fails_with(tmp_path, capsys, "test", "--config", ENSEMBLE, "--data.data_dir", str(tiny_data),
+                      "--model.checkpoints", f"[{best_checkpoint}, {bad}]")
+    assert "member.ckpt: a saved hyperparameter does not parse: hidden_sizes" in line
+
+
+# Outputs: checked before any batch is predicted, written whole or not at all.
+
+
+@pytest.fixture
+def count_batches(monkeypatch):
+    """The number of batches predicted so far, as a one-item list."""
+    count, predict_step = [0], PhoneModel.predict_step
+
+    def counted(self, *args, **kwargs):
+        count[0] += 1
+        return predict_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(PhoneModel, "predict_step", counted)
+    return count
+
+
+def predict_args(tiny_data, best_checkpoint, *args):
+    return ["predict", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(best_checkpoint), *args]
+
+
+def test_a_folder_at_the_csv_path_fails_before_predicting(tiny_data, best_checkpoint, tmp_path, capsys, count_batches):
+    (tmp_path / "out.csv").mkdir()
+    line = fails_with(tmp_path, capsys, *predict_args(tiny_data, best_checkpoint, "--prediction.output_path", "out.csv"))
+    assert "out.csv: is a folder; prediction.output_path must name a file" in line
+    assert count_batches[0] == 0
+
+
+def test_an_unwritable_posteriors_folder_fails_before_predicting(tiny_data, best_checkpoint, tmp_path, capsys, count_batches):
+    (tmp_path / "results").write_text("a file where a folder should be")
+    line = fails_with(tmp_path, capsys, *predict_args(tiny_data, best_checkpoint, "--prediction.posteriors_path",
+                                                      "results/posteriors.npy"))
+    assert "results/posteriors.npy: results is a file, not a folder" in line
+    assert count_batches[0] == 0 and not (tmp_path / "prediction.csv").exists()
+
+
+def test_missing_output_folders_are_made(tiny_data, best_checkpoint, tmp_path):
+    run_in(tmp_path, *predict_args(tiny_data, best_checkpoint, "--prediction.output_path", "a/b/p.csv",
+                                   "--prediction.posteriors_path", "c/d/p.npy"))
+    assert (tmp_path / "a/b/p.csv").is_file() and np.load(tmp_path / "c/d/p.npy").ndim == 2
+
+
+class FullDisk:
+    """A file that takes a few bytes, then fails as a full disk does."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def write(self, data):
+        self.file.write(data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def writelines(self, lines):
+        self.write("".join(lines))
+
+
+@pytest.mark.parametrize("target", ["prediction.csv", "posteriors.npy"])
+def test_a_full_disk_keeps_the_previous_file(target, tiny_data, best_checkpoint, tmp_path, capsys, monkeypatch):
+    previous = tmp_path / target
+    previous.write_bytes(b"the previous run's file\n")
+
+    def full_open(path, mode="r", **kwargs):
+        file = open(path, mode, **kwargs)
+        return FullDisk(file) if os.path.basename(path).startswith(f".{target}.tmp") else file
+
+    monkeypatch.setattr(timit_lit.prediction, "open", full_open, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, *predict_args(tiny_data, best_checkpoint, "--prediction.posteriors_path", "posteriors.npy"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert f"timit_lit: error: {target}: cannot write (No space left on device)" in err
+    assert previous.read_bytes() == b"the previous run's file\n"
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
