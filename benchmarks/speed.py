@@ -11,7 +11,8 @@ Adam 1e-4) on generated course-shaped rows, measured three ways:
 - `plain`: the same model, loss and Adam over in-memory tensors on the device with shuffled
   index batches, nothing else: the limit for this model on this machine;
 - `timit_lit`: `fit` through the CLI's classes (TimitDataModule, PhoneClassifier, Trainer),
-  timed per epoch by a callback, epochs after the first, no validation.
+  timed per epoch by a callback, epochs after the first, no validation; `default` is
+  the config as shipped (`data.steps_per_call: auto`), and `--variant` adds others.
 Memory: peak resident memory (and proportional set size, which counts shared pages once)
 of `python -m timit_lit fit` (1 epoch) and `predict` on 1,229,932 x 429 and 451,552 x 429
 files, float32 and float64, and of a 2-process DDP fit.
@@ -39,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from timit_lit.cli import TimitCLI, _quiet_known_warnings
 from timit_lit.data import TimitDataModule
-from timit_lit.model import PhoneClassifier, mlp
+from timit_lit.model import PhoneModel, mlp
 
 COURSE_TRAIN_ROWS, COURSE_TEST_ROWS, WIDTH, CLASSES = 1_229_932, 451_552, 429, 39
 
@@ -134,41 +135,43 @@ def plain_loop(x: np.ndarray, y: np.ndarray, device, batch_size: int, warmup: in
 
 
 class EpochTimer(pl.Callback):
-    """Wall time and rows of each training epoch (synchronised with the device at its edges only)."""
+    """Wall time and rows of each training epoch (synchronised with the device at its edges only).
+    No per-batch hook: a callback with one would make ``steps_per_call: auto`` fall back."""
 
     def __init__(self):
         self.epochs: list[tuple[float, int]] = []
 
     def on_train_epoch_start(self, trainer, pl_module):
         _sync(pl_module.device)
-        self._start, self._rows = time.perf_counter(), 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        batches = batch if isinstance(batch, list) else [batch]  # steps_per_call > 1: a list of batches
-        self._rows += sum(len(y) for _, y in batches)
+        self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
         _sync(pl_module.device)
-        self.epochs.append((time.perf_counter() - self._start, self._rows))
+        self.epochs.append((time.perf_counter() - self._start, len(trainer.train_dataloader.dataset)))
 
 
-def timit_lit_fit(data_dir: Path, device, batch_size: int, steps: int, epochs: int, options: list[str]) -> float:
-    """Rows/s of `fit` (epochs after the first), ``steps`` optimizer steps per epoch."""
-    steps_per_call = int(options[options.index("--data.steps_per_call") + 1]) if "--data.steps_per_call" in options else 1
+def timit_lit_fit(x: np.ndarray, y: np.ndarray, device, batch_size: int, steps: int, epochs: int, options: list[str]) -> float:
+    """Rows/s of `fit` (epochs after the first) on the first ``steps`` batches of rows, all of
+    them training (no validation split): whole epochs, so that no Lightning batch limit is set,
+    which would make ``steps_per_call: auto`` fall back."""
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as logs:
+        data_dir = Path(logs) / "data"
+        data_dir.mkdir()
+        np.save(data_dir / "train_11.npy", x[: steps * batch_size])
+        np.save(data_dir / "train_label_11.npy", y[: steps * batch_size])
         cli = TimitCLI(
-            PhoneClassifier,
+            PhoneModel,
             TimitDataModule,
+            subclass_mode_model=True,
             run=False,
             seed_everything_default=0,
             args=[
                 "--config", str(Path(__file__).parents[1] / "configs" / "baseline.yaml"),
                 "--data.data_dir", str(data_dir),
                 "--data.batch_size", str(batch_size),
+                "--data.val_ratio", "0",
                 "--trainer.max_epochs", str(epochs),
-                "--trainer.limit_train_batches", str(max(1, steps // steps_per_call)),
-                "--trainer.limit_val_batches", "0",
                 "--trainer.accelerator", device.type,
                 "--trainer.devices", "1",
                 "--trainer.enable_progress_bar", "false",
@@ -197,7 +200,7 @@ def speed(args, device: torch.device) -> list[dict]:
             row["notebook"] = notebook_loop(x, y, device, batch_size, warmup, steps)
             row["plain"] = plain_loop(x, y, device, batch_size, warmup, steps)
             for name, options in args.variants:
-                row[f"timit_lit {name}"] = timit_lit_fit(data, device, batch_size, steps, args.epochs, options)
+                row[f"timit_lit {name}"] = timit_lit_fit(x, y, device, batch_size, steps, args.epochs, options)
             results.append(row)
             _print_speed(row)
     return results

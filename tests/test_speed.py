@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pytorch_lightning import Callback
 from torch.profiler import ProfilerActivity, profile
 
 from conftest import BASELINE, run_in
+from timit_lit import model
 from timit_lit.model import mlp
 
 
@@ -29,7 +31,7 @@ def fit(workdir, data, *options: str):
     ids=["steps_per_call", "features_on_device", "both"],
 )
 def test_speed_options_train_the_same_weights(tiny_data, tmp_path, options):
-    plain_weights, plain_metrics = fit(tmp_path / "plain", tiny_data)
+    plain_weights, plain_metrics = fit(tmp_path / "plain", tiny_data, "--data.steps_per_call", "1")  # Lightning's steps
     weights, metrics = fit(tmp_path / "fast", tiny_data, *options)
     assert weights.keys() == plain_weights.keys()
     for name, tensor in weights.items():
@@ -142,3 +144,73 @@ def test_features_on_device_with_wider_context_trains_the_same_weights(tiny_data
                             "--data.steps_per_call", "4")
     for name, tensor in device_weights.items():
         assert torch.equal(tensor, host_weights[name]), name
+
+
+class EveryStep(Callback):
+    """A callback that must see every optimizer step."""
+
+    def on_after_backward(self, trainer, pl_module):
+        pass
+
+
+def test_steps_per_call_auto_takes_its_own_steps_with_the_same_weights(tiny_data, tmp_path):
+    """The default, ``steps_per_call: auto``, at baseline.yaml's batch of 64: 32 steps per call."""
+    plain_weights, plain_metrics = fit(tmp_path / "plain", tiny_data, "--data.steps_per_call", "1")
+    workdir = tmp_path / "auto"
+    workdir.mkdir()
+    cli = run_in(workdir, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--trainer.max_epochs", "2")
+    assert cli.datamodule.steps_per_call == 32 and not cli.model.automatic_optimization
+    for name, tensor in cli.model.state_dict().items():
+        assert torch.equal(tensor, plain_weights[name]), name
+    metrics = {k: v.item() for k, v in cli.trainer.logged_metrics.items() if k != "train/frames_per_s"}
+    assert metrics == pytest.approx(plain_metrics, rel=1e-6, abs=1e-7)
+    # TensorBoard's steps stay optimizer steps: the curves line up with steps_per_call 1's.
+    plain_steps = {tag: [e.step for e in events.Scalars(tag)] for tag, events in _scalars(tmp_path / "plain").items()}
+    assert {tag: [e.step for e in events.Scalars(tag)] for tag, events in _scalars(workdir).items()} == plain_steps
+
+
+def _scalars(workdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "lightning_logs" / "version_0")).Reload()
+    return {tag: events for tag in events.Tags()["scalars"] if tag != "train/frames_per_s"}
+
+
+@pytest.mark.parametrize("options, reason", [
+    (["--trainer.gradient_clip_val", "1e6"], "gradient clipping or accumulation is set"),  # never clips: same weights
+    (["--trainer.callbacks+=test_speed.EveryStep"], "EveryStep.on_after_backward must run on every step"),
+], ids=["gradient_clip_val", "callback"])
+def test_steps_per_call_auto_falls_back_to_lightning_steps_with_one_info_line(tiny_data, tmp_path, monkeypatch, options,
+                                                                             reason):
+    plain_weights, _ = fit(tmp_path / "plain", tiny_data, "--data.steps_per_call", "1")
+    said = []
+    monkeypatch.setattr(model, "rank_zero_info", said.append)
+    workdir = tmp_path / "fallback"
+    workdir.mkdir()
+    cli = run_in(workdir, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--trainer.max_epochs", "2",
+                 *options)
+    assert cli.datamodule.steps_per_call == 1 and cli.model.automatic_optimization
+    assert said == [f"timit_lit: data.steps_per_call auto is 1 here, as {reason}: Lightning takes each optimizer "
+                     f"step (the same updates, slower at small batches; see docs/speed.md)"]
+    for name, tensor in cli.model.state_dict().items():
+        assert torch.equal(tensor, plain_weights[name]), name
+
+
+def test_steps_per_call_auto_leaves_per_step_callbacks_their_steps():
+    """Lightning's own callbacks too: weight averaging must update after every step."""
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
+
+    from timit_lit.model import PhoneClassifier
+    from timit_lit.train_steps import why_lightning_steps
+
+    def reason(*callbacks, **options):
+        trainer = Trainer(callbacks=list(callbacks), logger=False, accelerator="cpu", **options)
+        return why_lightning_steps(trainer, PhoneClassifier(), PhoneClassifier)
+
+    assert reason(TQDMProgressBar(), ModelCheckpoint(dirpath="unused")) is None
+    assert reason(EMAWeightAveraging()) == "EMAWeightAveraging.on_train_batch_end must run on every step"
+    assert reason(ModelCheckpoint(dirpath="unused", every_n_train_steps=10)) == (
+        "ModelCheckpoint every_n_train_steps must run on every step")
+    assert reason(max_steps=100) == "trainer.max_steps is set (it counts Lightning steps)"
+    assert reason(precision="bf16-mixed") == "precision is bf16-mixed"

@@ -12,12 +12,15 @@ the model, and one-line errors for bad input.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import shlex
 import signal
 import sys
 import warnings
 from pathlib import Path
 
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -26,7 +29,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from timit_lit.data import InputError, TimitDataModule
+from timit_lit.data import TEST_LABELS, InputError, TimitDataModule
 from timit_lit.decoding import ViterbiEvaluation
 from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings
 from timit_lit.model import PhoneModel
@@ -82,17 +85,20 @@ class TimitCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # The options as typed, for the commands fit prints when it ends (none from a dict or Namespace).
+        self._command_line = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
         super().parse_arguments(parser, args)
         # Lightning reads the checkpoint's hyperparameters right after parsing: resolve
-        # `last` / `hpc` and check the file first.
+        # `last` / `best` / `hpc` and check the file first.
         subcommand = self.config.get("subcommand")
         self._checkpoint = None
         if not subcommand:
             return
         config = self.config[subcommand]
         asked = config.get("ckpt_path")
-        if asked in ("last", "hpc"):
-            config.ckpt_path = str(_last_checkpoint(config) if asked == "last" else _hpc_checkpoint(config))
+        if asked in ("last", "best", "hpc"):
+            find = {"last": _last_checkpoint, "best": _best_checkpoint, "hpc": _hpc_checkpoint}[asked]
+            config.ckpt_path = str(find(config))
             rank_zero_info(f"timit_lit: --ckpt_path {asked} is {config.ckpt_path}")
         self._checkpoint = read_checkpoint(config.ckpt_path)
         if config.model.class_path == "timit_lit.ensemble.CheckpointEnsemble":
@@ -110,6 +116,8 @@ class TimitCLI(LightningCLI):
                 self.config = parser.parse_object({subcommand: {"data": data}}, self.config)
         if subcommand == "fit" and asked in ("last", "hpc"):
             self._continue_logging(subcommand, logger_version(checkpoint, Path(path)))
+        if subcommand in ("validate", "test"):
+            self._log_into_run(subcommand, Path(path))
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's step that takes the model's class and arguments from the checkpoint's
@@ -145,6 +153,29 @@ class TimitCLI(LightningCLI):
         # Expected when resuming into the run's own folder.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
+    def _log_into_run(self, subcommand: str, checkpoint: Path) -> None:
+        """Log an evaluation of a run's checkpoint into that run's own folder, so TensorBoard
+        shows its ``test/*`` (or ``val/*``) beside the run's curves. A checkpoint outside a
+        TensorBoard run folder (``<run>/checkpoints/x.ckpt``, event files in ``<run>``), or
+        another logger than TensorBoard, leaves Lightning's choice: a new version folder."""
+        run = checkpoint.resolve().parent.parent
+        if checkpoint.parent.name != "checkpoints" or not any(run.glob("events.out.tfevents.*")):
+            return
+        config = self.config[subcommand]
+        logger = _first_logger(config)
+        place = {"save_dir": str(run.parent.parent), "name": run.parent.name, "version": run.name}
+        if logger is None or logger is True:  # as instantiate_trainer's default logger
+            default = {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                       "init_args": {**place, "default_hp_metric": False}}
+            self.config = self.parser.parse_object({subcommand: {"trainer": {"logger": default}}}, self.config)
+        elif logger is not False and logger.class_path.endswith("TensorBoardLogger"):
+            logger.init_args.update(place)
+        else:
+            return
+        # The run's config.yaml stays the fit's; this command's goes beside it.
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config_{subcommand}.yaml"}
+        self._evaluated_step = _logged_step(self._checkpoint[1])
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
         if config.data.val_ratio == 0 and config.checkpoint.monitor == "val/acc":
@@ -157,6 +188,12 @@ class TimitCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "predict"):
             # Configs for these (ensemble.yaml) set no epochs, and Lightning warns about it anyway.
             warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
+            # Callback states (best-k scores) of a checkpoint matter to a fit only: an evaluation
+            # need not repeat the training's checkpoint settings (e.g. val_ratio 0's, no monitor).
+            warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint need to be provided.*")
+        if self.subcommand == "predict":
+            # predict logs nothing (it writes the CSV): no logger, so no empty version_N folder.
+            config.trainer.logger = False
 
     def instantiate_trainer(self, **kwargs):
         """The default logger, as Lightning makes it (TensorBoard in ``default_root_dir``, the
@@ -188,7 +225,15 @@ class TimitCLI(LightningCLI):
                     f"{self.datamodule.num_classes} classes)"
                 )
 
-    before_validate = before_test = _check_checkpoint_fits
+    def _before_evaluation(self) -> None:
+        self._check_checkpoint_fits()
+        step = getattr(self, "_evaluated_step", None)
+        if step is not None:
+            # Lightning logs validate / test results at the fit loop's step count, which it
+            # restores only when fitting: put them at the checkpoint's step of the run's curves.
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = step
+
+    before_validate = before_test = _before_evaluation
 
     def before_fit(self) -> None:
         self._check_checkpoint_fits()
@@ -202,6 +247,10 @@ class TimitCLI(LightningCLI):
                 f"batches: use steps_per_call 1 and cuda_graph false with trainer.gradient_clip_val or "
                 f"trainer.accumulate_grad_batches"
             )
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print("\n".join(fit_summary(self.trainer, self._command_line)), flush=True)
 
     def before_predict(self) -> None:
         self._check_checkpoint_fits()
@@ -217,7 +266,7 @@ def _first_logger(config):
     return logger
 
 
-def _last_checkpoint(config) -> Path:
+def _last_checkpoint(config, asked: str = "last") -> Path:
     """What ``--ckpt_path last`` means: the newest ``last.ckpt`` of the runs kept where this
     config's logger keeps them (``lightning_logs/version_*/checkpoints/`` by default)."""
     name = f"{config.last_checkpoint.filename or 'last'}.ckpt"
@@ -232,11 +281,11 @@ def _last_checkpoint(config) -> Path:
     elif "init_args" in logger and logger.init_args.get("save_dir") is not None:
         where, pattern = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or ""), f"*/checkpoints/{name}"
     else:
-        raise InputError(f"--ckpt_path last: cannot tell where {logger.class_path} keeps its runs; pass the checkpoint's path")
+        raise InputError(f"--ckpt_path {asked}: cannot tell where {logger.class_path} keeps its runs; pass the checkpoint's path")
     found = find_last_checkpoint(where, pattern)
     if found is None:
-        raise InputError(f"{where}: --ckpt_path last found no {pattern} to resume from "
-                         f"(start without --ckpt_path, or pass a checkpoint's path)")
+        what = "to resume from (start without --ckpt_path" if asked == "last" else "of a run (train one first"
+        raise InputError(f"{where}: --ckpt_path {asked} found no {pattern} {what}, or pass a checkpoint's path)")
     return found
 
 
@@ -246,6 +295,79 @@ def _hpc_checkpoint(config) -> Path:
     if found is None:
         raise InputError(f"{root}: --ckpt_path hpc found no hpc_ckpt_N.ckpt (written on SLURM's requeue signal)")
     return found
+
+
+def _best_checkpoint(config) -> Path:
+    """What ``--ckpt_path best`` means: the best-``val/acc`` checkpoint of the newest run (the
+    run whose ``last.ckpt`` ``--ckpt_path last`` finds), as its ``last.ckpt`` records it."""
+    last = _last_checkpoint(config, asked="best")
+    saved = read_checkpoint(last)[1].get("callbacks", {})
+    monitor = config.checkpoint.monitor or "val/acc"
+    recorded = next((state.get("best_model_path") for state in saved.values()
+                     if isinstance(state, dict) and state.get("monitor") == monitor), None)
+    if recorded:
+        for candidate in (last.parent / Path(recorded).name, Path(recorded)):  # beside last.ckpt if the run moved
+            if candidate.is_file():
+                return candidate
+    raise InputError(f"{last.parent}: --ckpt_path best: the newest run has no best-{monitor} checkpoint "
+                     f"(was it trained without validation? use --ckpt_path last, or pass a checkpoint's path)")
+
+
+def _logged_step(checkpoint: dict):
+    """The step at which the run that saved ``checkpoint`` logged its last values (None if unknown)."""
+    return checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
+
+
+def fit_summary(trainer, command_line: list[str]) -> list[str]:
+    """What a finished ``fit`` made, and the commands to run next with the same ``--config``
+    and ``--data`` options: the lines the CLI prints last."""
+    best_callback = next((c for c in trainer.checkpoint_callbacks if not isinstance(c, LastCheckpoint)), None)
+    last_callback = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+    best = best_callback.best_model_path if best_callback else ""
+    lines = ["", "timit_lit: fit finished"]
+    if best and best_callback.monitor:
+        saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+        score = best_callback.best_model_score
+        score = f"{float(score):.4f} " if score is not None else ""
+        lines.append(f"  best {best_callback.monitor} {score}at epoch {saved['epoch']}: {_shown(best)}")
+    elif best:
+        lines.append(f"  no validation: the last epoch's checkpoint is {_shown(best)}")
+    last = Path(last_callback.dirpath or Path(best).parent) / f"{last_callback.filename}.ckpt" if last_callback else None
+    if last is not None and last.is_file():
+        lines.append(f"  last epoch (resume with --ckpt_path last): {_shown(last)}")
+        best = best or str(last)
+    tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if tensorboard is not None:
+        lines.append(f"  curves: tensorboard --logdir {_shown(tensorboard.root_dir)}")
+    if best:
+        options = _config_and_data_options(command_line)
+        data = trainer.datamodule
+        commands = ["test"] if (Path(data.data_dir) / TEST_LABELS).is_file() else []
+        lines.append("  next:")
+        for command in (*commands, "predict"):
+            lines.append("    " + shlex.join(["python", "-m", "timit_lit", command, *options, "--ckpt_path", _shown(best)]))
+    return lines
+
+
+def _shown(path) -> str:
+    """``path`` relative to the working folder when it lies inside it, else absolute."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _config_and_data_options(command_line: list[str]) -> list[str]:
+    """The ``--config`` / ``-c`` and ``--data...`` options of a command line, with their values."""
+    kept, i = [], 0
+    while i < len(command_line):
+        token = command_line[i]
+        name = token.split("=", 1)[0]
+        if name in ("--config", "-c", "--data") or name.startswith("--data."):
+            kept.append(token)
+            if "=" not in token and i + 1 < len(command_line) and not command_line[i + 1].startswith("--"):
+                kept.append(command_line[i + 1])
+                i += 1
+        i += 1
+    return kept
 
 
 def _quiet_known_warnings() -> None:
@@ -261,6 +383,21 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by .*")
     # Lightning 2.6 calls a torch pytree API that torch >= 2.10 deprecates.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Evaluating or branching from a checkpoint: its ModelCheckpoint states (best-k scores) belong
+    # to the run that wrote it, and are not wanted in another folder; nothing to do about it.
+    warnings.filterwarnings("ignore", message=r".*The dirpath has changed from .* won't be reloaded.*")
+    # Lightning's advertisement for its cloud logger, printed by every run.
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        for logger in (logging.getLogger(f"{name}.utilities.rank_zero"), logging.getLogger(name)):
+            if _NoAdvert not in map(type, logger.filters):
+                logger.addFilter(_NoAdvert())
+
+
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's litlogger tip."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
 
 
 def _return_large_buffers_to_the_os() -> None:

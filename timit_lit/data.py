@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
@@ -340,7 +340,9 @@ class TimitDataModule(pl.LightningDataModule):
             holds ``steps_per_call`` consecutive batches of the same shuffled order, and
             the model takes one Adam step on each, so the updates are exactly those of
             ``steps_per_call: 1``, with Lightning's per-step overhead paid once per
-            ``steps_per_call`` steps (Keras calls this ``steps_per_execution``).
+            ``steps_per_call`` steps (Keras calls this ``steps_per_execution``). ``auto``
+            (the default): the model chooses when the fit starts
+            (:class:`timit_lit.model.PhoneClassifier`); 1 for any other model.
         eval_batch_size: batch size for validate, test and predict (no gradients are kept).
         val_ratio: the fraction of the training rows that validates; 0 trains on
             everything and skips validation.
@@ -380,7 +382,7 @@ class TimitDataModule(pl.LightningDataModule):
         self,
         data_dir: str = "timit_11",
         batch_size: int = 64,
-        steps_per_call: int = 1,
+        steps_per_call: Union[int, Literal["auto"]] = "auto",
         eval_batch_size: int = 4096,
         val_ratio: float = 0.2,
         split: Literal["contiguous", "utterance"] = "contiguous",
@@ -398,6 +400,8 @@ class TimitDataModule(pl.LightningDataModule):
         self.save_hyperparameters()  # into checkpoints, for `predict --ckpt_path` without a config
         if not 0.0 <= val_ratio < 1.0:
             raise InputError(f"val_ratio must be in [0, 1), got {val_ratio}")
+        if steps_per_call == "auto":
+            steps_per_call = 1  # until the model chooses (PhoneClassifier.on_fit_start)
         if batch_size < 1 or steps_per_call < 1 or eval_batch_size < 1:
             raise InputError("batch_size, steps_per_call and eval_batch_size must be >= 1")
         if context < 1 or context % 2 == 0:
@@ -435,8 +439,21 @@ class TimitDataModule(pl.LightningDataModule):
         self.input_dim = width if context == 11 else context * width // 11
         self._loaded: dict[str, FrameDataset] = {}
         self._on_device: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._maps: dict[str, np.ndarray] = {}
+        self._starts: dict[str, np.ndarray] = {}
+
+    def utterance_starts(self, name: str) -> np.ndarray:
+        """Where the utterances of the feature file ``name`` (e.g. ``test_11.npy``) start, recovered
+        from its rows once (:func:`timit_lit.utterances.utterance_starts`) and kept: the
+        datasets, the decoder and the CSV writer all ask here."""
+        if name not in self._starts:
+            self._starts[name] = utterance_starts(self._features(name))
+        return self._starts[name]
 
     def _features(self, name: str) -> np.ndarray:
+        """The float32 memory map of the feature file ``name``, checked on first use and kept."""
+        if name in self._maps:
+            return self._maps[name]
         path = self.data_dir / name
         width = open_features(path).shape[1]
         if width != self.file_width:
@@ -444,7 +461,8 @@ class TimitDataModule(pl.LightningDataModule):
                 f"{path}: rows have {width} features, but the data's width is {self.file_width} "
                 f"(train and test files must match)"
             )
-        return float32_features(path, self.cache_dir)
+        self._maps[name] = float32_features(path, self.cache_dir)
+        return self._maps[name]
 
     def _labelled(self, features_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
         features = self._features(features_name)
@@ -463,7 +481,7 @@ class TimitDataModule(pl.LightningDataModule):
         if stage in ("fit", "validate") and "train" not in self._loaded:
             features, labels = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)
             needs_starts = self.split == "utterance" or self.context != 11 or self.batch_by == "utterances"
-            starts = utterance_starts(features) if needs_starts else None
+            starts = self.utterance_starts(TRAIN_FEATURES) if needs_starts else None
             train_rows, val_rows = self._split(len(features), starts)
             source = features if self.context == 11 else ContextWindows(features, self.context, starts)
             self._loaded["train"] = self._dataset("train", source, starts, labels, train_rows)
@@ -475,13 +493,13 @@ class TimitDataModule(pl.LightningDataModule):
                     f"(the course gives none: use `predict` to write the Kaggle CSV)"
                 )
             features, labels = self._labelled(TEST_FEATURES, TEST_LABELS)
-            self._loaded["test"] = self._dataset("test", *self._windows(features), labels)
+            self._loaded["test"] = self._dataset("test", *self._windows(TEST_FEATURES, features), labels)
         if stage == "predict" and "predict" not in self._loaded:
-            self._loaded["predict"] = self._dataset("predict", *self._windows(self._features(TEST_FEATURES)), None)
+            self._loaded["predict"] = self._dataset("predict", *self._windows(TEST_FEATURES, self._features(TEST_FEATURES)), None)
 
-    def _windows(self, features: np.ndarray):
+    def _windows(self, name: str, features: np.ndarray):
         """The input rows of a whole file, and its utterances' starts where anything needs them."""
-        starts = utterance_starts(features) if self.context != 11 or self.batch_by == "utterances" else None
+        starts = self.utterance_starts(name) if self.context != 11 or self.batch_by == "utterances" else None
         return features if self.context == 11 else ContextWindows(features, self.context, starts), starts
 
     def _split(self, n_rows: int, starts: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -502,7 +520,14 @@ class TimitDataModule(pl.LightningDataModule):
                  rows: Optional[np.ndarray] = None):
         """A dataset over ``features`` (all rows, or ``rows``): utterances or rows, as ``batch_by``
         says; with ``features_on_device`` on an accelerator, the file is copied there once
-        and the dataset serves row ids."""
+        and the dataset serves row ids. Each dataset names its feature file (``dataset.file``),
+        so that what needs its utterances asks :meth:`utterance_starts`."""
+        dataset = self._rows_or_utterances(file, features, starts, labels, rows)
+        dataset.file = TRAIN_FEATURES if file == "train" else TEST_FEATURES
+        return dataset
+
+    def _rows_or_utterances(self, file: str, features, starts: Optional[np.ndarray], labels: Optional[np.ndarray],
+                            rows: Optional[np.ndarray]):
         if self.batch_by == "utterances":
             return UtteranceDataset(features, labels, np.arange(len(features)) if rows is None else rows, starts)
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")

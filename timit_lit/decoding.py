@@ -34,9 +34,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, InputError, float32_features, load_labels
+from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, InputError
 from timit_lit.phone_errors import phone_error_rate
-from timit_lit.utterances import segment_offsets, utterance_starts
+from timit_lit.utterances import segment_offsets
 
 NUM_PHONES = 39
 STATISTICS_KEY = "phone_statistics"  # where a checkpoint keeps them (PhoneStatistics.state_dict)
@@ -322,10 +322,8 @@ class ViterbiEvaluation(pl.Callback):
         where = trainer.ckpt_path or "the model (no --ckpt_path)"
         rank_zero_info(f"timit_lit: no phone statistics in {where} (older checkpoints lack them): counting them from "
                        f"{dm.data_dir / TRAIN_LABELS}, all rows, validation included")
-        train_features = float32_features(dm.data_dir / TRAIN_FEATURES, dm.cache_dir)
-        train_labels = load_labels(dm.data_dir / TRAIN_LABELS, len(train_features), dm.num_classes,
-                                   dm.data_dir / TRAIN_FEATURES)
-        return PhoneStatistics.estimate(train_labels, utterance_starts(train_features), dm.num_classes)
+        _, train_labels = dm._labelled(TRAIN_FEATURES, TRAIN_LABELS)
+        return PhoneStatistics.estimate(train_labels, dm.utterance_starts(TRAIN_FEATURES), dm.num_classes)
 
     def decode(self, datamodule, log_posteriors: torch.Tensor, rows: np.ndarray, file: str,
                stats: PhoneStatistics) -> torch.Tensor:
@@ -337,8 +335,7 @@ class ViterbiEvaluation(pl.Callback):
     @staticmethod
     def offsets(datamodule, rows: np.ndarray, file: str) -> np.ndarray:
         """The segments of ``rows`` (sorted row ids of ``file``): its utterances, cut where rows are missing."""
-        starts = utterance_starts(float32_features(datamodule.data_dir / file, datamodule.cache_dir))
-        return segment_offsets(rows, starts)
+        return segment_offsets(rows, datamodule.utterance_starts(file))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._score(trainer, pl_module, "val", "val")
@@ -354,7 +351,5 @@ def training_statistics(datamodule) -> PhoneStatistics:
     the utterances included."""
     train = datamodule._loaded["train"]
     rows = train.rows.numpy()
-    starts = getattr(train.features, "starts", None)  # ContextWindows know their utterances
-    if starts is None:
-        starts = utterance_starts(train.features)
+    starts = datamodule.utterance_starts(TRAIN_FEATURES)
     return PhoneStatistics.estimate(train.labels[rows], segment_offsets(rows, starts), datamodule.num_classes)

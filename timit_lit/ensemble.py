@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 from argparse import ArgumentError
+from typing import Literal, Union
 
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
@@ -102,7 +103,7 @@ class CheckpointEnsemble(PhoneModel):
         steps_per_call: linked from the data; unused (an ensemble is not trained).
     """
 
-    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39, steps_per_call: int = 1):
+    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39, steps_per_call: Union[int, Literal["auto"]] = "auto"):
         super().__init__(num_classes, lr=0.0)
         self.save_hyperparameters()
         self.members = nn.ModuleList(load_member(path) for path in checkpoints)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from timit_lit.train_steps import TrainSteps
+from timit_lit.train_steps import TrainSteps, auto_steps_per_call, why_lightning_steps
 from timit_lit.data import InputError
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 
@@ -149,6 +150,9 @@ class PhoneClassifier(PhoneModel):
             data, which then hands over a list of that many batches). Above 1 the model
             takes the steps itself (:mod:`timit_lit.train_steps`: one process, 32-bit
             precision, no per-step Lightning hooks); the updates stay exactly those of 1.
+            ``auto`` (the default) chooses it when the fit starts: the model's own steps
+            where the run allows them (:func:`~timit_lit.train_steps.why_lightning_steps`),
+            else Lightning's, said in one info line.
         cuda_graph: replay each full training step as a CUDA graph (one GPU, 32-bit
             precision; see :mod:`timit_lit.train_steps`). Adam then runs fused and
             ``capturable``, which rounds differently from the default in the last bits.
@@ -163,13 +167,14 @@ class PhoneClassifier(PhoneModel):
         batch_norm: bool = False,
         dropout: float = 0.0,
         lr: float = 1e-4,
-        steps_per_call: int = 1,
+        steps_per_call: Union[int, Literal["auto"]] = "auto",
         cuda_graph: bool = False,
     ):
         super().__init__(num_classes, lr)
         self.save_hyperparameters()
         self.net = mlp(input_dim, tuple(hidden_sizes), num_classes, activation, batch_norm, dropout)
-        self.automatic_optimization = steps_per_call == 1 and not cuda_graph
+        # With "auto", Lightning's steps until on_fit_start decides.
+        self.automatic_optimization = steps_per_call in (1, "auto") and not cuda_graph
         self._steps: Optional[TrainSteps] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,11 +193,15 @@ class PhoneClassifier(PhoneModel):
         if self._steps is None:
             optimizer = self.optimizers().optimizer  # the torch optimizer itself
             self._steps = TrainSteps(self.net, optimizer, self.device, graph=self.hparams.cuda_graph)
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress  # global_step
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        progress = epoch_loop.manual_optimization.optim_step_progress  # global_step
         for x, y in batches:
             progress.increment_ready()
             self._steps(x, y)
             progress.increment_completed()
+        # Lightning counts this call as one batch; count every step, so that the logged curves'
+        # steps (TensorBoard's x axis) are optimizer steps, as with steps_per_call 1.
+        epoch_loop._batches_that_stepped += len(batches) - 1
         loss_sum, correct = self._steps.take_totals()
         rows = sum(len(y) for _, y in batches)
         self.log("train/loss", loss_sum / rows, on_step=False, on_epoch=True, batch_size=rows)
@@ -207,6 +216,8 @@ class PhoneClassifier(PhoneModel):
         return "model.cuda_graph" if self.hparams.cuda_graph else "data.steps_per_call > 1"
 
     def on_fit_start(self) -> None:
+        if self.hparams.steps_per_call == "auto":
+            self._choose_steps_per_call()
         # What Lightning's steps would do and the model's own would not. Gradient clipping and
         # accumulation are refused before this hook runs, by the CLI (TimitCLI.before_fit).
         trainer, option = self.trainer, self.own_steps
@@ -222,6 +233,35 @@ class PhoneClassifier(PhoneModel):
                 f"precision; this run has {self.device.type}, {trainer.world_size} process(es), precision "
                 f"{trainer.precision} (use steps_per_call 1 and cuda_graph false)"
             )
+
+    def on_train_start(self) -> None:
+        # Lightning counts global_step in its own steps' counter or in the model's (manual
+        # optimization), by the mode the run is in now. A run resumed in the other mode (steps_per_call
+        # auto chooses afresh each time) counts on from its checkpoint: the steps move to the counter in use.
+        loop = self.trainer.fit_loop.epoch_loop
+        lightning = loop.automatic_optimization.optim_progress.optimizer.step.total
+        own = loop.manual_optimization.optim_step_progress.total
+        source, target = (own, lightning) if self.automatic_optimization else (lightning, own)
+        if source.completed:
+            target.ready, target.completed = target.ready + source.ready, target.completed + source.completed
+            source.ready = source.completed = 0
+
+    def _choose_steps_per_call(self) -> None:
+        """``steps_per_call: auto``: as many steps per call as :func:`auto_steps_per_call` says,
+        taken by the model (the same updates, bit for bit), unless the run needs Lightning's steps."""
+        data = getattr(self.trainer, "datamodule", None)
+        if not hasattr(data, "steps_per_call"):
+            return  # dataloaders not from TimitDataModule, which alone hands over lists of batches
+        steps = auto_steps_per_call(data.batch_size)
+        if steps == 1 and not self.hparams.cuda_graph:
+            return
+        reason = None if self.hparams.cuda_graph else why_lightning_steps(self.trainer, self, PhoneClassifier)
+        if reason is not None:
+            rank_zero_info(f"timit_lit: data.steps_per_call auto is 1 here, as {reason}: Lightning takes each optimizer "
+                           f"step (the same updates, slower at small batches; see docs/speed.md)")
+            return
+        data.steps_per_call = steps
+        self.automatic_optimization = False
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.cuda_graph:  # graph-safe, and one fused kernel instead of ~20 per step

@@ -71,7 +71,8 @@ class EpochThroughput(Callback):
     the wall time from the epoch's start to the end of its last training batch (validation
     not counted). It counts rows from the batch's shape and reads the clock on the host, so
     it never waits for the device (on a GPU the last few queued steps may still be running
-    when the clock stops: a negligible error over an epoch).
+    when the clock stops: a negligible error over an epoch). Under DDP each process times
+    its own epoch, and the mean of their figures is logged.
 
     Args:
         name: the scalar's tag in TensorBoard.
@@ -92,7 +93,8 @@ class EpochThroughput(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._rows and self._end > self._start:
             rate = self._rows * trainer.world_size / (self._end - self._start)
-            pl_module.log(self.name, rate, on_epoch=True, on_step=False)
+            # sync_dist: the mean of the processes' estimates (each times its own epoch), once per epoch.
+            pl_module.log(self.name, rate, on_epoch=True, on_step=False, sync_dist=True)
 
 
 def _frames(batch) -> int:
@@ -204,11 +206,11 @@ def centre_frame_features(rows: np.ndarray) -> np.ndarray:
     return rows[:, n_frames // 2 * FRAME_DIMS : (n_frames // 2 + 1) * FRAME_DIMS]
 
 
-def example_segments(dataset, count: int) -> list[tuple[int, int, int]]:
+def example_segments(dataset, count: int, datamodule=None) -> list[tuple[int, int, int]]:
     """``(segment, first, stop)``: the first ``count`` segments of the split's rows that are
     whole utterances (then others, if there are fewer), as positions in ``dataset.rows``."""
     rows = dataset.rows.numpy()
-    starts = dataset_starts(dataset)
+    starts = dataset_starts(dataset, datamodule)
     if starts is None or not len(rows):
         return []
     offsets = segment_offsets(rows, starts)
@@ -265,7 +267,7 @@ class ValidationFigures(Callback):
         """The example utterances' centre frames, labels and predicted classes."""
         dataset = trainer.val_dataloaders.dataset
         if self._examples is None or self._examples[0] is not dataset:
-            self._examples = (dataset, example_segments(dataset, self.utterances))
+            self._examples = (dataset, example_segments(dataset, self.utterances, getattr(trainer, "datamodule", None)))
         examples = []
         for segment, first, stop in self._examples[1]:
             rows = dataset.rows[first:stop].numpy()
@@ -308,6 +310,10 @@ class RunConfig(SaveConfigCallback):
         self.best: float | None = None
         self._stage: str | None = None
         self._hparams_logged = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict":  # predict has no logger (timit_lit.cli), so no run folder to save into
+            super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._stage = stage  # called on rank 0 only, as the rest of this callback's work

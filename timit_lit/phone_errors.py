@@ -93,14 +93,15 @@ def boundary_accuracy(predictions, labels, offsets) -> dict[str, float]:
     return result
 
 
-def dataset_starts(dataset) -> Optional[np.ndarray]:
-    """The utterance starts of the file a split's dataset reads (None where its rows are not
-    ``timit_11``-style spliced frames, so that utterances cannot be told)."""
-    starts = getattr(dataset.features, "starts", None)  # ContextWindows know them
-    if starts is not None:
-        return starts
+def dataset_starts(dataset, datamodule=None) -> Optional[np.ndarray]:
+    """The utterance starts of the file a split's dataset reads, from the data module, which
+    recovers each file's once (None where its rows are not ``timit_11``-style spliced
+    frames, so that utterances cannot be told)."""
     try:
-        return utterance_starts(dataset.features)
+        if hasattr(datamodule, "utterance_starts") and getattr(dataset, "file", None):
+            return datamodule.utterance_starts(dataset.file)
+        starts = getattr(dataset.features, "starts", None)  # ContextWindows know them
+        return starts if starts is not None else utterance_starts(dataset.features)
     except ValueError:
         return None
 
@@ -165,7 +166,7 @@ class PhoneErrorEvaluation(pl.Callback):
         predictions = torch.cat(self._classes).cpu().numpy()
         self._classes = []
         dataset = loader.dataset
-        offsets = self._offsets(stage, dataset)
+        offsets = self._offsets(stage, dataset, getattr(trainer, "datamodule", None))
         if offsets is None:
             return
         # With limit_{val,test}_batches the steps cover the first rows only: cut the segments there.
@@ -176,10 +177,10 @@ class PhoneErrorEvaluation(pl.Callback):
         for name, value in boundary_accuracy(predictions, labels, offsets).items():
             pl_module.log(f"{stage}/{name}", value)
 
-    def _offsets(self, stage: str, dataset) -> Optional[np.ndarray]:
+    def _offsets(self, stage: str, dataset, datamodule) -> Optional[np.ndarray]:
         """The segments of ``dataset``'s rows, worked out once per dataset."""
         if stage not in self._segments or self._segments[stage][0] is not dataset:
-            starts = dataset_starts(dataset)
+            starts = dataset_starts(dataset, datamodule)
             offsets = None if starts is None else segment_offsets(dataset.rows.numpy(), starts)
             if offsets is None and not self._warned:
                 rank_zero_warn("phone_errors: the rows are not 11 spliced frames of 39 features, so their utterances "

@@ -20,7 +20,7 @@ bidirectional layer do not.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 import torch
 from torch import nn
@@ -92,7 +92,7 @@ class RecurrentPhoneClassifier(PhoneModel):
         time_mask_frames: int = 10,
         feature_masks: int = 0,
         feature_mask_dims: int = 8,
-        steps_per_call: int = 1,
+        steps_per_call: Union[int, Literal["auto"]] = "auto",
     ):
         super().__init__(num_classes, lr)
         self.save_hyperparameters()

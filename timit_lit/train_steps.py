@@ -22,11 +22,65 @@ Adam must be ``capturable=True`` (its step counters live on the GPU); the model 
 
 from __future__ import annotations
 
+from typing import Optional
+
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, Timer
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.nn import functional as F
 
+from timit_lit.monitoring import EpochThroughput
+
 WARMUP_STEPS = 3
+# ``data.steps_per_call: auto`` hands the model about this many rows per Lightning step; from
+# this batch size up, Lightning takes each step itself (its overhead no longer counts).
+AUTO_ROWS_PER_CALL = 2048
+# Hooks Lightning runs around each of its own optimizer steps; the model's own steps run none.
+SKIPPED_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
+# Model methods whose override means the model trains in its own way.
+TRAINING_METHODS = ("training_step", "backward", "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping",
+                    "on_train_batch_start", "on_train_batch_end", *SKIPPED_HOOKS)
+
+
+# Callbacks whose on_train_batch_start / _end do the same on one call of several steps as on
+# each of them (a checkpoint every N train steps is checked apart).
+PER_CALL_CALLBACKS = (ProgressBar, ModelCheckpoint, LearningRateMonitor, Timer, EpochThroughput)
+
+
+def auto_steps_per_call(batch_size: int) -> int:
+    """The optimizer steps per Lightning step that ``data.steps_per_call: auto`` asks for."""
+    return max(1, AUTO_ROWS_PER_CALL // batch_size)
+
+
+def why_lightning_steps(trainer: "pl.Trainer", model: "pl.LightningModule", base: type) -> Optional[str]:
+    """Why this fit must leave each optimizer step to Lightning (None if the model may take
+    them itself with the same result): what Lightning would do per step and the model's own
+    steps would not, or a limit counted in Lightning steps, which would then mean calls."""
+    if trainer.world_size > 1:
+        return f"it runs {trainer.world_size} processes"
+    if trainer.precision not in ("32-true", "32"):
+        return f"precision is {trainer.precision}"
+    if trainer.lr_scheduler_configs:
+        return "a learning-rate scheduler is set"
+    if trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1:
+        return "gradient clipping or accumulation is set"
+    for name, default in (("max_steps", -1), ("limit_train_batches", 1.0), ("val_check_interval", 1.0)):
+        value = getattr(trainer, name)
+        if value != default or type(value) is not type(default):
+            return f"trainer.{name} is set (it counts Lightning steps)"
+    overridden = [f"{type(model).__name__}.{name}" for name in TRAINING_METHODS if is_overridden(name, model, base)]
+    for callback in trainer.callbacks:
+        hooks = SKIPPED_HOOKS
+        if not isinstance(callback, PER_CALL_CALLBACKS):  # its batch hooks would see a call's list of batches
+            hooks += ("on_train_batch_start", "on_train_batch_end")
+        overridden += [f"{type(callback).__name__}.{name}" for name in hooks if is_overridden(name, callback, pl.Callback)]
+        if getattr(callback, "_every_n_train_steps", 0):
+            overridden.append(f"{type(callback).__name__} every_n_train_steps")
+    if overridden:
+        return f"{', '.join(overridden)} must run on every step"
+    return None
 
 
 class TrainSteps:
