@@ -4,8 +4,8 @@
     python benchmarks/ladder.py --data ../data/replica --out ../runs/ladder --gpu    # one GPU
 
 Rungs, in order: ``baseline``, ``strong_mlp`` (+ ``viterbi.yaml``), ``recurrent``
-(+ ``viterbi_recurrent.yaml``) and ``ensemble`` of the recurrent and strong MLP checkpoints
-(+ ``viterbi_recurrent.yaml``). ``--rungs`` picks some (an ensemble needs its members'
+(+ ``viterbi_recurrent.yaml``), ``recurrent_member`` (``recurrent_member.yaml`` layered on
+``recurrent.yaml``) and ``ensemble`` of the ENSEMBLE_MEMBERS' checkpoints (+ ``viterbi_recurrent.yaml``). ``--rungs`` picks some (an ensemble needs its members'
 rungs in the same run). Each command is a fresh ``python -m timit_lit``-equivalent
 process, timed from start to exit; its metrics come back as JSON on its last line
 (decoded rungs report ``test/acc_viterbi``). With
@@ -30,6 +30,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+ENSEMBLE_MEMBERS = ("recurrent", "recurrent_member", "strong_mlp")  # configs/ensemble.yaml's comment names them
 
 # Runs one timit_lit command and prints what the ladder needs as JSON on its last line.
 RUNNER = """
@@ -68,12 +69,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a timit_11 folder whose test split has labels")
     parser.add_argument("--out", default="ladder_runs", help="one folder per rung under it")
-    parser.add_argument("--rungs", nargs="+", default=["baseline", "strong_mlp", "recurrent", "ensemble"])
+    parser.add_argument("--rungs", nargs="+", default=["baseline", "strong_mlp", "recurrent", "recurrent_member", "ensemble"])
     parser.add_argument("--gpu", action="store_true", help="layer configs/gpu.yaml onto the MLP rungs")
     parser.add_argument("--fit-args", default="", help="extra arguments for every fit, one string")
     options = parser.parse_args()
-    if "ensemble" in options.rungs and not {"recurrent", "strong_mlp"} <= set(options.rungs):
-        parser.error("the ensemble rung needs the recurrent and strong_mlp rungs in the same run")
+    if "ensemble" in options.rungs and not set(ENSEMBLE_MEMBERS) <= set(options.rungs):
+        parser.error(f"the ensemble rung needs the {', '.join(ENSEMBLE_MEMBERS)} rungs in the same run")
     data = ["--data.data_dir", str(Path(options.data).resolve())]
     out = Path(options.out).resolve()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
@@ -81,11 +82,12 @@ def main() -> None:
 
     rows, best = [], {}
 
-    def rung(name: str, config: str, decoder: str) -> None:
+    def rung(name: str, config: str, decoder: str, *layered: str) -> None:
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        configs = ["--config", str(CONFIGS / config)]
-        if options.gpu and config != "recurrent.yaml":
+        configs = ["--config", str(CONFIGS / config)] + [a for c in layered for a in ("--config", str(CONFIGS / c))]
+        config = " + ".join((config, *layered))
+        if options.gpu and not config.startswith("recurrent"):
             configs += ["--config", str(CONFIGS / "gpu.yaml")]
         fit, fit_s = run(folder / "fit.log", "fit", *configs, *data, *quiet, *shlex.split(options.fit_args))
         best[name] = fit["best_path"]
@@ -105,13 +107,15 @@ def main() -> None:
         rung("strong_mlp", "strong_mlp.yaml", "viterbi.yaml")
     if "recurrent" in options.rungs:
         rung("recurrent", "recurrent.yaml", "viterbi_recurrent.yaml")
+    if "recurrent_member" in options.rungs:
+        rung("recurrent_member", "recurrent.yaml", "", "recurrent_member.yaml")
     if "ensemble" in options.rungs:
         folder = out / "ensemble"
         folder.mkdir(parents=True, exist_ok=True)
-        members = ["--model.checkpoints", f"[{best['recurrent']}, {best['strong_mlp']}]", "--data.eval_batch_size", "64"]
+        members = ["--model.checkpoints", f"[{', '.join(best[m] for m in ENSEMBLE_MEMBERS)}]", "--data.eval_batch_size", "64"]
         ensemble = ["--config", str(CONFIGS / "ensemble.yaml"), *data, *quiet, *members]
         test, test_s = run(folder / "test.log", "test", *ensemble)
-        rows.append(dict(rung="ensemble.yaml [recurrent, strong_mlp]", test_acc=test["test/acc"],
+        rows.append(dict(rung=f"ensemble.yaml [{', '.join(ENSEMBLE_MEMBERS)}]", test_acc=test["test/acc"],
                          test_per=test.get("test/per"), test_s=test_s))
         decoded, decoded_s = run(folder / "test_decoded.log", "test", *ensemble, "--config",
                                  str(CONFIGS / "viterbi_recurrent.yaml"))
