@@ -1,5 +1,8 @@
 """Sequence models over whole utterances: padded batches, masking, and the CLI end to end."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -167,6 +170,15 @@ def test_every_utterance_one_cycle_and_averaged_weights(tiny_data, tmp_path):
     test = run_in(tmp_path, "test", *common, "--ckpt_path", str(run / "last.ckpt")).trainer.callback_metrics
     assert float(test["test/loss"]) == pytest.approx(loss_with(averaged), abs=1e-5)
     assert float(test["test/loss"]) != pytest.approx(loss_with(current), abs=1e-5)
+
+    # benchmarks/current_weights.py: the same run's trained weights, to measure what averaging gave.
+    trained = tmp_path / "trained.ckpt"
+    tool = [sys.executable, str(REPO / "benchmarks" / "current_weights.py"), str(run / "last.ckpt"), str(trained)]
+    assert subprocess.run(tool, capture_output=True).returncode == 0
+    again = subprocess.run(tool, capture_output=True, text=True)  # never overwrites
+    assert again.returncode == 2 and again.stderr.strip() == f"error: {trained}: already exists (not overwritten)"
+    test = run_in(tmp_path, "test", *common, "--ckpt_path", str(trained)).trainer.callback_metrics
+    assert float(test["test/loss"]) == pytest.approx(loss_with(current), abs=1e-5)
 
 
 def test_label_smoothing_changes_the_training_loss_only():
