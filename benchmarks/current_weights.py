@@ -13,15 +13,12 @@ one training run (docs/results.md):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-import torch
-
 import timit_lit.cli  # noqa: F401  the project's networks, which a checkpoint may name (never imported from it)
 from timit_lit.data import InputError
-from timit_lit.resume import read_checkpoint
+from timit_lit.resume import AtomicCheckpointIO, read_checkpoint
 
 
 def main(argv=None) -> int:
@@ -41,9 +38,7 @@ def main(argv=None) -> int:
         return 2
     checkpoint["state_dict"] = current
     checkpoint["callbacks"] = {k: v for k, v in checkpoint.get("callbacks", {}).items() if "WeightAveraging" not in k}
-    tmp = f"{args.out}.tmp-{os.getpid()}"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, args.out)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, args.out)  # as fit saves its checkpoints
     print(f"{args.out}: the trained weights of {args.checkpoint}")
     return 0
 
