@@ -3,7 +3,9 @@
 
     python benchmarks/memory.py --data-dir ../data/replica [--config configs/recurrent.yaml] [--batches 20]
 
-Options it does not know go to ``fit`` (e.g. ``--model.label_smoothing 0``). For each
+``predict`` runs as the fit's closing lines suggest: the same ``--config`` and data folder,
+the fit's ``last.ckpt`` (or ``--checkpoint``, which skips the fit). Options this script does
+not know go to ``fit`` (e.g. ``--model.label_smoothing 0``). For each
 process it prints its peak resident memory (the kernel's ``ru_maxrss`` of that child alone,
 mapped file pages included, as ``/usr/bin/time -v`` reports it), its wall time, and the
 seconds until its first batch was done (read from the progress bar: start-up, i.e. imports,
@@ -32,7 +34,7 @@ def measure(command: list[str], log: Path) -> dict:
     first-batch seconds (None if no progress bar showed one)."""
     start = time.perf_counter()
     first_batch, tail = None, b""
-    with open(log, "wb") as out:
+    with open(log, "wb", buffering=0) as out:  # unbuffered: the log can be watched
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         while chunk := os.read(process.stdout.fileno(), 1 << 16):
             out.write(chunk)
@@ -59,6 +61,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", required=True, help="a timit_11 folder (train_11.npy, test_11.npy, ...)")
     parser.add_argument("--config", default="configs/recurrent.yaml", help="the fit's config")
     parser.add_argument("--batches", type=int, default=20, help="training batches of the short fit (one epoch)")
+    parser.add_argument("--checkpoint", help="measure predict with this checkpoint only (no fit)")
     parser.add_argument("--keep", help="a folder for the runs and logs (default: a temporary one, removed)")
     args, fit_options = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory(prefix="timit_memory_") as scratch:
@@ -68,15 +71,18 @@ def main(argv=None) -> None:
         fit = [*cli, "fit", "--config", args.config, "--data.data_dir", args.data_dir,
                "--trainer.limit_train_batches", str(args.batches), "--trainer.max_epochs", "1",
                "--trainer.default_root_dir", str(work / "fit"), *fit_options]
-        results = {"fit": measure(fit, work / "fit.log")}
-        (checkpoint,) = (work / "fit").glob("**/checkpoints/last.ckpt")
-        predict = [*cli, "predict", "--ckpt_path", str(checkpoint), "--data.data_dir", args.data_dir,
-                   "--prediction.output_path", str(work / "prediction.csv")]
+        results, checkpoint = {}, args.checkpoint
+        if checkpoint is None:
+            results["fit"] = measure(fit, work / "fit.log")
+            (checkpoint,) = (work / "fit").glob("**/checkpoints/last.ckpt")
+        predict = [*cli, "predict", "--config", args.config, "--data.data_dir", args.data_dir,
+                   "--ckpt_path", str(checkpoint), "--prediction.output_path", str(work / "prediction.csv")]
         results["predict"] = measure(predict, work / "predict.log")
     print(f"{'process':8s} {'peak RSS':>10s}  {'wall':>9s}  {'first batch done':>8s}")
     for name, figures in results.items():
         print(show(name, figures))
-    print(f"fit:     {' '.join(fit[1:])}\npredict: {' '.join(predict[1:])}")
+    for name in results:
+        print(f"{name + ':':8s} {' '.join((fit if name == 'fit' else predict)[1:])}")
 
 
 if __name__ == "__main__":
