@@ -37,7 +37,7 @@ def test_padding_never_changes_logits_loss_or_accuracy(cell, frames_per_step, co
     for i, (u, lab) in enumerate(zip(utterances, labels)):
         x[i, : len(u)], y[i, : len(u)] = u, lab
     with torch.no_grad():
-        logits, targets = model.frame_logits((x, y, torch.tensor(lengths)))
+        logits, targets = model.real_frames(*model.frame_logits((x, y, torch.tensor(lengths))))
         expected = torch.cat(alone)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(targets, torch.cat(labels))  # real frames only, utterance by utterance
@@ -78,7 +78,7 @@ def test_input_masking_only_in_training_and_seeded():
     y = torch.zeros(3, 30, dtype=torch.long)
     model.eval()
     with torch.no_grad():
-        logits, _ = model.frame_logits((x, y, lengths))
+        logits, _ = model.real_frames(*model.frame_logits((x, y, lengths)))
         plain = model(x, lengths)[torch.arange(30)[None] < lengths[:, None]]
     torch.testing.assert_close(logits, plain)  # no masks in evaluation
 
@@ -188,9 +188,9 @@ def test_label_smoothing_changes_the_training_loss_only():
     smooth.log = lambda *args, **kwargs: None  # no trainer here
     smooth.eval()
     with torch.no_grad():
-        logits, targets = smooth.frame_logits((x, y, lengths))
-        val_loss = smooth._evaluate((x, y, lengths), smooth.val_acc, "val")[0]
-        train_loss = smooth._evaluate((x, y, lengths), smooth.train_acc, "train")[0]
+        logits, targets = smooth.real_frames(*smooth.frame_logits((x, y, lengths)))
+        val_loss = smooth._evaluate((x, y, lengths), "val")[0]
+        train_loss = smooth._evaluate((x, y, lengths), "train")[0]
     assert val_loss.item() == pytest.approx(F.cross_entropy(logits, targets).item(), abs=1e-6)
     assert train_loss.item() == pytest.approx(F.cross_entropy(logits, targets, label_smoothing=0.1).item(), abs=1e-6)
     assert train_loss.item() != pytest.approx(val_loss.item(), abs=1e-4)

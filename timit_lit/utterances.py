@@ -31,6 +31,8 @@ of each row's own utterance, repeating its first or last frame beyond its edges,
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -149,13 +151,15 @@ def windows(frames: np.ndarray, starts: np.ndarray, rows: np.ndarray, width: int
     return frames[index].reshape(len(rows), width * frames.shape[1])
 
 
-def windows_torch(frames: torch.Tensor, starts: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+def windows_torch(frames: torch.Tensor, starts: torch.Tensor, rows: torch.Tensor, width: int,
+                  n_rows: Optional[int] = None) -> torch.Tensor:
     """:func:`windows` on tensors (all on one device, e.g. the GPU): the same index arithmetic.
 
     ``rows`` are not range-checked here (that would wait for the GPU); pass valid ones.
+    ``n_rows`` (``starts[-1]``, known on the host) spares a read of the device per call.
     """
     half = _half_width(width)
-    edge = _edge_frames(len(frames), int(starts[-1]), len(starts) - 1)
+    edge = _edge_frames(len(frames), int(starts[-1]) if n_rows is None else n_rows, len(starts) - 1)
     rows = rows.to(torch.int64)
     utterance = torch.searchsorted(starts, rows, right=True) - 1
     shift = edge * (2 * utterance + 1)
