@@ -31,6 +31,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.nn import functional as F
 
+from timit_lit.lightning_api import every_n_train_steps
 from timit_lit.monitoring import EpochThroughput
 
 WARMUP_STEPS = 3
@@ -76,7 +77,7 @@ def why_lightning_steps(trainer: "pl.Trainer", model: "pl.LightningModule", base
         if not isinstance(callback, PER_CALL_CALLBACKS):  # its batch hooks would see a call's list of batches
             hooks += ("on_train_batch_start", "on_train_batch_end")
         overridden += [f"{type(callback).__name__}.{name}" for name in hooks if is_overridden(name, callback, pl.Callback)]
-        if getattr(callback, "_every_n_train_steps", 0):
+        if every_n_train_steps(callback):
             overridden.append(f"{type(callback).__name__} every_n_train_steps")
     if overridden:
         return f"{', '.join(overridden)} must run on every step"
