@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from timit_lit.cli import main
 from timit_lit.synthetic import write_synthetic_timit
@@ -59,8 +60,6 @@ def best_checkpoint(trained_run, tmp_path_factory) -> Path:
 
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.gpu`` tests need a CUDA device: skipped, saying so, where there is none."""
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
