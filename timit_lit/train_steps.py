@@ -126,7 +126,9 @@ class TrainSteps:
             if self.graph is None:
                 self.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
+                # thread_local: only this thread's CUDA calls are checked during capture, so a DataLoader
+                # worker thread (pin_memory's) calling CUDA meanwhile does not break the capture.
+                with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                     self._step(self.x, self.y)  # recorded, not run
             self.graph.replay()
 
