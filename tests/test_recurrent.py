@@ -228,3 +228,21 @@ def test_fit_with_length_buckets(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--data.bucket_by_length", "true")
     assert "bucket_by_length sorts utterances into batches: it needs batch_by utterances" in capsys.readouterr().err
+
+
+def test_bucketed_fit_resumed_at_an_epoch_end_is_exact(tiny_data, tmp_path):
+    """The shipped recipe's order (length buckets) and random draws (dropout, masks): two epochs
+    in one go, or one and then a resume from last.ckpt, end with the same weights."""
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.bucket_by_length", "true"]
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "resumed").mkdir()
+    run_in(tmp_path / "whole", "fit", *common, "--trainer.max_epochs", "2")
+    crash = '[{"class_path": "signal_at.CrashAt", "init_args": {"epoch": 1, "batch": 1}}]'
+    with pytest.raises(RuntimeError, match="crash at epoch 1"):
+        run_in(tmp_path / "resumed", "fit", *common, "--trainer.max_epochs", "2", "--trainer.callbacks", crash)
+    run_in(tmp_path / "resumed", "fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    whole, resumed = (torch.load(folder / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+                      for folder in (tmp_path / "whole", tmp_path / "resumed"))
+    assert whole["epoch"] == resumed["epoch"] == 1
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
