@@ -34,4 +34,4 @@ def test_an_option_the_network_does_not_take_is_one_line(tiny_data, tmp_path, ca
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["timit_lit: error: model.cuda_graph: the network RecurrentPhoneClassifier takes no such option "
-                   "(model.class_path timit_lit.models.recurrent.RecurrentPhoneClassifier)"]
+                   "(model.class_path timit_lit.models.RecurrentPhoneClassifier)"]

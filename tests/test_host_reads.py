@@ -14,9 +14,9 @@ from torch.profiler import ProfilerActivity, profile
 from torchmetrics.classification import MulticlassAccuracy
 
 from timit_lit.data import TimitDataModule
-from timit_lit.model import IGNORED
-from timit_lit.monitoring import EpochThroughput
-from timit_lit.recurrent import RecurrentPhoneClassifier
+from timit_lit.models.base import IGNORED
+from timit_lit.callbacks.monitoring import EpochThroughput
+from timit_lit.models.recurrent import RecurrentPhoneClassifier
 
 HOST_READS = ("aten::_local_scalar_dense", "aten::nonzero")
 # torch.optim's Adam and AdamW (neither capturable nor fused) keep each parameter's step count

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import BASELINE, REPO, run_in
-from timit_lit import model as mlp_module
+import timit_lit.models.mlp as mlp_module
 
 RECURRENT = ["--config", str(REPO / "configs" / "recurrent.yaml"), "--model.hidden_size", "16", "--model.num_layers", "2",
              "--data.batch_size", "4", "--data.eval_batch_size", "5"]

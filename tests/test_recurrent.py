@@ -11,8 +11,8 @@ from torch.nn import functional as F
 from conftest import BASELINE, REPO, run_in
 from test_phone_errors import assert_logged, independent_metrics
 from timit_lit.data import LengthBucketedOrder, UtteranceDataset
-from timit_lit.recurrent import RecurrentPhoneClassifier
-from timit_lit.utterances import utterance_starts
+from timit_lit.models import RecurrentPhoneClassifier
+from timit_lit.data.utterances import utterance_starts
 
 RECURRENT = str(REPO / "configs" / "recurrent.yaml")
 SMALL = ["--model.hidden_size", "32", "--model.num_layers", "2", "--data.batch_size", "4", "--data.eval_batch_size", "5"]
@@ -206,18 +206,37 @@ def test_recurrent_model_with_row_batches_is_a_one_line_error(tiny_data, tmp_pat
 
 def test_length_bucketed_order_is_a_shuffle_with_little_padding():
     lengths = np.random.default_rng(0).integers(70, 711, size=1000)
-    torch.manual_seed(5)
-    order = list(LengthBucketedOrder(lengths, batch_size=16))
-    torch.manual_seed(5)
-    assert list(LengthBucketedOrder(lengths, batch_size=16)) == order  # seeded by torch's generator
+    order = list(LengthBucketedOrder(lengths, batch_size=16, seed=5))
+    torch.manual_seed(123)  # the global generator plays no part
+    assert list(LengthBucketedOrder(lengths, batch_size=16, seed=5)) == order  # seed and epoch decide
     assert sorted(order) == list(range(1000)) and order != sorted(order)  # every utterance once, shuffled
-    assert list(LengthBucketedOrder(lengths, batch_size=16)) != order  # a new order each epoch
+    assert list(LengthBucketedOrder(lengths, batch_size=16, seed=6)) != order
+    next_epoch = LengthBucketedOrder(lengths, batch_size=16, seed=5)
+    next_epoch.set_epoch(1)
+    assert list(next_epoch) != order and sorted(next_epoch) == list(range(1000))  # a new order each epoch
 
     def padded_over_real(order):
         batches = [lengths[order[i : i + 16]] for i in range(0, len(order), 16)]
         return sum(b.max() * len(b) for b in batches) / lengths.sum()
 
     assert padded_over_real(order) < 1.1 < 1.3 < padded_over_real(list(np.random.default_rng(1).permutation(1000)))
+
+
+@pytest.mark.parametrize("n_utterances", [1000, 992])
+def test_length_bucketed_order_deals_whole_batches_to_the_processes(n_utterances):
+    """3 processes: the same epoch order on each, dealt out a batch at a time; together every
+    utterance, plus the order's first ones to fill the last round of batches."""
+    lengths = np.random.default_rng(0).integers(70, 711, size=n_utterances)
+    shares = [LengthBucketedOrder(lengths, batch_size=16, seed=5, num_replicas=3, rank=r) for r in range(3)]
+    whole = LengthBucketedOrder(lengths, batch_size=16, seed=5).epoch_order().tolist()
+    orders = [list(share) for share in shares]
+    assert [len(o) for o in orders] == [len(s) for s in shares] == [-(-n_utterances // 48) * 16] * 3
+    dealt = [orders[i % 3][i // 3 * 16 : i // 3 * 16 + 16] for i in range(len(orders[0]) * 3 // 16)]
+    assert sum(dealt, []) == (whole + whole)[: 3 * len(orders[0])]  # whole batches, in turn, padded from the start
+    for share in shares:
+        share.set_epoch(1)
+    next_orders = [list(share) for share in shares]
+    assert next_orders != orders and set(sum(next_orders, [])) == set(range(n_utterances))  # a new order, all of it
 
 
 def test_fit_with_length_buckets(tiny_data, tmp_path, capsys):

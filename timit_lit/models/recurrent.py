@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from timit_lit.data import InputError
-from timit_lit.model import IGNORED, PhoneModel
+from timit_lit.errors import InputError
+from timit_lit.models.base import IGNORED, PhoneModel
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
