@@ -29,7 +29,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_states
+from timit_lit.lightning_api import collect_rng_states, set_rng_states
 
 CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
 
@@ -47,7 +47,7 @@ class ResumeState(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "rng_states": _to_tensors(_collect_rng_states()),
+            "rng_states": _to_tensors(collect_rng_states()),
             "logger_version": trainer.logger.version if trainer.logger is not None else None,
         }
         _flush(trainer)
@@ -59,7 +59,7 @@ class ResumeState(Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         states = checkpoint.get(CHECKPOINT_KEY, {}).get("rng_states")
         if states is not None:
-            _set_rng_states(_from_tensors(states))
+            set_rng_states(_from_tensors(states))
 
 
 def _flush(trainer: pl.Trainer) -> None:

@@ -264,7 +264,8 @@ class TimitDataModule(pl.LightningDataModule):
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=any(f.is_cuda for f, _ in self._on_device.values()),  # ids cross without a host sync
+            # Pinned on a CUDA device: batches (or, with features_on_device, row ids) cross without a host sync.
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
         )
 
     def train_dataloader(self) -> DataLoader:
