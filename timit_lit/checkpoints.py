@@ -225,8 +225,10 @@ def checkpoint_network(path: str, checkpoint: dict) -> Optional[type]:
         if unknown:
             raise InputError(f"{path}: hyper_parameters.{unknown[0]} is not an argument of {class_path}")
     for key, value in hparams.items():
+        if key in _LIGHTNING_KEYS or not _holds_text(value):
+            continue
         typed = _argument_type(network, key)
-        if key not in _LIGHTNING_KEYS and _holds_text(value) and _resolved_by_import(typed):
+        if _resolved_by_import(typed):
             raise InputError(f"{path}: hyper_parameters.{key} is {value!r}, for an argument typed {_type_name(typed)}, "
                              f"which would import what it names; a checkpoint may name only its network")
     return network
