@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchmetrics.functional.text import word_error_rate
 
+from conftest import REPO, run_in
 from timit_lit.decoding import PhoneStatistics, viterbi_decode
 from timit_lit.edit_alignment import align, count_edits, frame_edit_counts
 from timit_lit.phone_errors import phone_error_rate
@@ -141,3 +142,56 @@ def test_frame_edit_counts_agree_with_the_phone_error_rate():
     offsets = [0, 50, 51, len(labels)]
     counts = frame_edit_counts(predictions, labels, offsets)
     assert np.isclose(counts.rates()["per"], phone_error_rate(predictions, labels, offsets))
+
+
+PHONE_HMM = str(REPO / "configs" / "phone_hmm.yaml")
+PLAIN = ["--phone_decoding.enabled", "true", "--phone_decoding.lm_weight", "0", "--phone_decoding.insertion_penalty", "0",
+         "--phone_decoding.prior_weight", "0", "--phone_decoding.min_duration", "1", "--phone_decoding.duration_scale", "0"]
+SETTINGS = {"lm_weight": 1.0, "insertion_penalty": 1.5, "prior_weight": 0.5, "min_duration": 2, "duration_scale": 0.4}
+DECODED = [f"--phone_decoding.{key}={value}" for key, value in SETTINGS.items()]
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_the_phone_decoder_is_scored_in_validate_and_test(stage, tiny_data, best_checkpoint, tmp_path):
+    def run(*options):
+        cli = run_in(tmp_path, stage, "--ckpt_path", str(best_checkpoint), "--data.data_dir", str(tiny_data), *options)
+        return {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
+
+    prefix = "val" if stage == "validate" else "test"
+    plain = run(*PLAIN)  # one state per phone, no weights: the argmax
+    assert plain[f"{prefix}/acc_phone_hmm"] == pytest.approx(plain[f"{prefix}/acc"], abs=1e-6)
+    assert plain[f"{prefix}/per_phone_hmm"] == pytest.approx(plain[f"{prefix}/per"], abs=1e-6)
+    decoded = run("--config", PHONE_HMM, *DECODED)
+    rates = [decoded[f"{prefix}/{kind}_phone_hmm"] for kind in ("per", "sub", "del", "ins")]
+    assert rates[0] == pytest.approx(sum(rates[1:]), abs=1e-6)
+    assert rates[0] < plain[f"{prefix}/per"]  # minimum durations remove the tiny model's flicker
+
+
+def test_predict_writes_the_phone_decoders_classes_in_row_order(tiny_data, best_checkpoint, tmp_path):
+    out = tmp_path / "decoded.csv"
+    cli = run_in(tmp_path, "predict", "--ckpt_path", str(best_checkpoint), "--data.data_dir", str(tiny_data),
+                 "--config", PHONE_HMM, *DECODED, "--prediction.output_path", str(out),
+                 "--prediction.posteriors_path", str(tmp_path / "posteriors.npy"))
+    lines = out.read_text().splitlines()
+    assert lines[0] == "Id,Class"
+    ids = [int(line.split(",")[0]) for line in lines[1:]]
+    classes = np.array([int(line.split(",")[1]) for line in lines[1:]])
+    assert ids == list(range(len(np.load(tiny_data / "test_11.npy"))))
+    # The same as decoding the written posteriors with the checkpoint's statistics.
+    stats = PhoneStatistics.from_state_dict(torch.load(best_checkpoint, weights_only=True)["phone_statistics"])
+    log_posteriors = torch.from_numpy(np.load(tmp_path / "posteriors.npy")).clamp_min(1e-30).log()
+    offsets = cli.datamodule.utterance_starts("test_11.npy")
+    expected = decode_segments(log_posteriors, offsets, PhoneHmm.from_statistics(stats, **SETTINGS)).numpy()
+    assert np.array_equal(classes, expected)
+    assert not np.array_equal(classes, log_posteriors.argmax(1).numpy())
+
+
+def test_two_decoders_for_predict_or_a_bad_duration_are_one_line_errors(tiny_data, best_checkpoint, tmp_path, capsys):
+    for options in (["--config", PHONE_HMM, "--decoding.enabled", "true"], ["--phone_decoding.min_duration", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run_in(tmp_path, "predict", "--ckpt_path", str(best_checkpoint), "--data.data_dir", str(tiny_data),
+                   "--prediction.output_path", str(tmp_path / "x.csv"), *options)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "phone_decoding" in error[0], error
+    assert not (tmp_path / "x.csv").exists()

@@ -34,6 +34,7 @@ from timit_lit.decoding import ViterbiEvaluation
 from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings
 from timit_lit.model import PhoneModel
 from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
+from timit_lit.phone_decoding import PhoneDecoding
 from timit_lit.phone_errors import PhoneErrorEvaluation
 from timit_lit.prediction import CsvPredictionWriter
 from timit_lit.recurrent import RecurrentPhoneClassifier
@@ -75,6 +76,8 @@ class TimitCLI(LightningCLI):
         parser.add_lightning_class_args(ValidationFigures, "figures")
         # Viterbi decoding scored in validate / test (off by default; timit_lit.decoding).
         parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
+        # The phone-level decoder, likewise (off by default; timit_lit.phone_decoding).
+        parser.add_lightning_class_args(PhoneDecoding, "phone_decoding")
         # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.phone_errors).
         parser.add_lightning_class_args(PhoneErrorEvaluation, "phone_errors")
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
