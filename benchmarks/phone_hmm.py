@@ -125,7 +125,15 @@ def tune(args) -> None:
     for weight in (0.25, 0.5, 1.0):
         measure(f"frame Viterbi, transition weight {weight:g}", frame_viterbi(stats, weight), val)
     best = {"duration_scale": 0.0, "min_duration": 1, "lm_weight": 0.0, "insertion_penalty": 0.0, "prior_weight": 0.0}
-    best_per = measure(describe(best), phone_decoder(stats, best), val)["per"]
+    measured = {}  # settings already decoded: their PER
+
+    def per_of(settings: dict) -> float:
+        key = tuple(sorted(settings.items()))
+        if key not in measured:
+            measured[key] = measure(describe(settings), phone_decoder(stats, settings), val)["per"]
+        return measured[key]
+
+    best_per = per_of(best)
     stages = [
         {"min_duration": [2, 3, 4]},
         {"duration_scale": [0.2, 0.3, 0.4, 0.5, 0.6]},
@@ -140,10 +148,8 @@ def tune(args) -> None:
     for stage in stages:
         ((key, values),) = stage.items()
         for value in values:
-            if value == best[key]:
-                continue
             settings = {**best, key: value}
-            per = measure(describe(settings), phone_decoder(stats, settings), val)["per"]
+            per = per_of(settings)
             if per < best_per:
                 best, best_per = settings, per
         print(f"| best so far: {describe(best)} | | {best_per:.4f} | | | | |")
@@ -164,7 +170,8 @@ def score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["tune", "score"])
+    parser.add_argument("command", choices=["tune", "score", "posteriors"],
+                        help="posteriors: only compute and cache those of --split_name")
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--data_dir", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True, help="folder for the posteriors (reused when there)")
@@ -181,7 +188,10 @@ def main() -> None:
     parser.add_argument("--min_duration", type=int, default=1)
     parser.add_argument("--duration_scale", type=float, default=0.0)
     args = parser.parse_args()
-    tune(args) if args.command == "tune" else score(args)
+    if args.command == "posteriors":
+        posteriors(args, args.split_name)
+    else:
+        tune(args) if args.command == "tune" else score(args)
 
 
 if __name__ == "__main__":
