@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TimitDataModule
+from timit_lit.data.utterances import segment_offsets
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, viterbi_decode
 from timit_lit.edit_alignment import frame_edit_counts
-from timit_lit.phone_errors import boundary_accuracy
+from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.phone_hmm import PhoneHmm, decode_segments, mean_durations
 from timit_lit.phones import PHONES
-from timit_lit.recurrent import RecurrentPhoneClassifier
-from timit_lit.utterances import segment_offsets
+from timit_lit.scoring import boundary_accuracy
 
 
 def posteriors(args, split: str) -> dict:

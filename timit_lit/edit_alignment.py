@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from timit_lit.phone_errors import phone_sequences
+from timit_lit.scoring import phone_sequences
 
 
 @dataclass
@@ -94,6 +94,6 @@ def count_edits(references: Sequence[Sequence[int]], hypotheses: Sequence[Sequen
 
 def frame_edit_counts(predictions, labels, offsets) -> EditCounts:
     """The edits between the phone sequences of framewise predictions and labels, segment by
-    segment (runs of equal classes merged, as :func:`timit_lit.phone_errors.phone_error_rate` does)."""
+    segment (runs of equal classes merged, as :func:`timit_lit.scoring.phone_error_rate` does)."""
     return count_edits([p.tolist() for p in phone_sequences(labels, offsets)],
                        [p.tolist() for p in phone_sequences(predictions, offsets)])

@@ -6,16 +6,17 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from timit_lit.data import InputError
-from timit_lit.decoding import PhoneStatistics, ViterbiEvaluation, frame_accuracy
+from timit_lit.callbacks.viterbi import ViterbiEvaluation
+from timit_lit.decoding import PhoneStatistics, frame_accuracy
 from timit_lit.edit_alignment import frame_edit_counts
+from timit_lit.errors import InputError
 from timit_lit.phone_hmm import PhoneHmm, decode_segments
 
 
 class PhoneDecoding(ViterbiEvaluation):
     """Decodes each utterance into phones that last at least their minimum duration, under
     a phone bigram and an insertion penalty (:mod:`timit_lit.phone_hmm`), from the model's
-    phone statistics, as :class:`~timit_lit.decoding.ViterbiEvaluation` does with its
+    phone statistics, as :class:`~timit_lit.callbacks.viterbi.ViterbiEvaluation` does with its
     frame-level Viterbi. ``validate`` and ``test`` log ``*/acc_phone_hmm`` and
     ``*/per_phone_hmm``, and the phone error rate's substitutions, deletions and
     insertions per reference phone as ``*/sub_phone_hmm``, ``*/del_phone_hmm``,

@@ -31,10 +31,12 @@ of each row's own utterance, repeating its first or last frame beyond its edges,
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
-from timit_lit.synthetic import FRAME_DIMS
+from timit_lit.data.files import FRAME_DIMS
 
 CHUNK_ROWS = 65536  # ~110 MB of float32 rows per read of a memory map
 
@@ -164,3 +166,34 @@ def windows_torch(frames: torch.Tensor, starts: torch.Tensor, rows: torch.Tensor
     offsets = (rows + shift)[:, None] + torch.arange(-half, half + 1, device=rows.device)
     index = torch.clamp(offsets, first[:, None], last[:, None])
     return frames[index].reshape(len(rows), width * frames.shape[1])
+
+
+class ContextWindows:
+    """The rows of a ``timit_11`` file rebuilt as windows of ``width`` frames: indexed by row
+    ids like the feature matrix itself, built per batch from each utterance's frames (see
+    :mod:`timit_lit.data.utterances`), never across an utterance boundary, never materialised."""
+
+    def __init__(self, features: np.ndarray, width: int, starts: Optional[np.ndarray] = None):
+        self.starts = utterance_starts(features) if starts is None else starts
+        self.frames = utterance_frames(features, self.starts)
+        self.width = width
+        self.width_features = width * self.frames.shape[1]
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return windows(self.frames, self.starts, rows, self.width)
+
+    def to(self, device: torch.device) -> "_DeviceWindows":
+        return _DeviceWindows(torch.from_numpy(self.frames).to(device), torch.from_numpy(self.starts).to(device), self.width)
+
+
+class _DeviceWindows:
+    """:class:`ContextWindows` with its frames on the accelerator."""
+
+    def __init__(self, frames: torch.Tensor, starts: torch.Tensor, width: int):
+        self.frames, self.starts, self.width, self.is_cuda = frames, starts, width, frames.is_cuda
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return windows_torch(self.frames, self.starts, rows, self.width)
