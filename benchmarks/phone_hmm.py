@@ -124,7 +124,11 @@ def tune(args) -> None:
     measure("undecoded (framewise argmax)", lambda s, o: s.argmax(1), val)
     for weight in (0.25, 0.5, 1.0):
         measure(f"frame Viterbi, transition weight {weight:g}", frame_viterbi(stats, weight), val)
-    best = {"duration_scale": 0.0, "min_duration": 1, "lm_weight": 0.0, "insertion_penalty": 0.0, "prior_weight": 0.0}
+    best = {"duration_scale": 0.0, "min_duration": 1, "lm_weight": 0.0, "insertion_penalty": 0.0, "prior_weight": 0.0,
+            "duration_weight": 0.0}
+    if args.start:  # start from earlier choices, as key=value pairs
+        best.update({key: float(value) for key, value in (pair.split("=") for pair in args.start)})
+        best["min_duration"] = int(best["min_duration"])
     measured = {}  # settings already decoded: their PER
 
     def per_of(settings: dict) -> float:
@@ -135,6 +139,7 @@ def tune(args) -> None:
 
     best_per = per_of(best)
     stages = [
+        {"duration_weight": [0.25, 0.5, 1.0, 2.0]},
         {"min_duration": [2, 3, 4]},
         {"duration_scale": [0.2, 0.3, 0.4, 0.5, 0.6]},
         {"lm_weight": [0.25, 0.5, 1.0, 2.0]},
@@ -144,7 +149,8 @@ def tune(args) -> None:
         {"min_duration": [1, 2, 3, 4]},
         {"duration_scale": [0.0, 0.2, 0.3, 0.4, 0.5]},
         {"insertion_penalty": [-2.0, -1.0, 0.0, 1.0, 2.0, 4.0]},
-    ]
+        {"duration_weight": [0.0, 0.25, 0.5, 1.0, 2.0]},
+    ][args.first_stage:]
     for stage in stages:
         ((key, values),) = stage.items()
         for value in values:
@@ -160,7 +166,8 @@ def score(args) -> None:
     data = posteriors(args, args.split_name)
     stats = statistics(data)
     settings = {"duration_scale": args.duration_scale, "min_duration": args.min_duration, "lm_weight": args.lm_weight,
-                "insertion_penalty": args.insertion_penalty, "prior_weight": args.prior_weight}
+                "insertion_penalty": args.insertion_penalty, "prior_weight": args.prior_weight,
+                "duration_weight": args.duration_weight}
     print(HEADER)
     measure("undecoded (framewise argmax)", lambda s, o: s.argmax(1), data, details=True)
     measure(f"frame Viterbi, transition weight {args.transition_weight:g}", frame_viterbi(stats, args.transition_weight),
@@ -187,6 +194,9 @@ def main() -> None:
     parser.add_argument("--prior_weight", type=float, default=0.0)
     parser.add_argument("--min_duration", type=int, default=1)
     parser.add_argument("--duration_scale", type=float, default=0.0)
+    parser.add_argument("--duration_weight", type=float, default=0.0)
+    parser.add_argument("--start", nargs="*", default=[], help="tune: start from these settings (key=value ...)")
+    parser.add_argument("--first_stage", type=int, default=0, help="tune: skip the stages before this one")
     args = parser.parse_args()
     if args.command == "posteriors":
         posteriors(args, args.split_name)

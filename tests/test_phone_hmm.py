@@ -15,12 +15,14 @@ from timit_lit.phone_hmm import PhoneHmm, decode_padded, decode_segments, mean_d
 from timit_lit.scoring import phone_error_rate
 
 
-def random_hmm(rng, num_phones, max_duration=3, lm_weight=1.0, insertion_penalty=0.5, prior_weight=0.7):
+def random_hmm(rng, num_phones, max_duration=3, lm_weight=1.0, insertion_penalty=0.5, prior_weight=0.7,
+               duration_weight=0.0):
     stats = PhoneStatistics(frames=rng.integers(1, 50, num_phones), initial=rng.integers(0, 5, num_phones),
                             transitions=rng.integers(0, 20, (num_phones, num_phones)), smoothing=0.5)
     hmm = PhoneHmm.from_statistics(stats, lm_weight=lm_weight, insertion_penalty=insertion_penalty,
-                                   prior_weight=prior_weight)
+                                   prior_weight=prior_weight, duration_weight=duration_weight)
     hmm.min_durations = rng.integers(1, max_duration + 1, num_phones)
+    hmm.log_stay = np.log(rng.uniform(0.1, 0.9, num_phones))
     return hmm
 
 
@@ -38,7 +40,10 @@ def path_score(scores, hmm, path):
     acoustic = (scores - hmm.prior_weight * hmm.log_prior)[np.arange(len(path)), path].sum()
     phones = [phone for phone, _ in segments]
     lm = hmm.log_initial[phones[0]] + sum(hmm.log_bigram[a, b] for a, b in zip(phones[:-1], phones[1:]))
-    return acoustic + hmm.lm_weight * lm - hmm.insertion_penalty * len(phones)
+    # Each phone loops in its last state for the frames beyond its minimum, and all but the last leave it.
+    loops = sum(max(length - hmm.min_durations[phone], 0) * hmm.log_stay[phone] for phone, length in segments)
+    exits = sum(np.log1p(-np.exp(hmm.log_stay[phone])) for phone, _ in segments[:-1])
+    return acoustic + hmm.lm_weight * lm - hmm.insertion_penalty * len(phones) + hmm.duration_weight * (loops + exits)
 
 
 def log_softmax(rng, frames, phones, spread=2.0):
@@ -48,7 +53,8 @@ def log_softmax(rng, frames, phones, spread=2.0):
 @pytest.mark.parametrize("seed", range(6))
 def test_decoder_finds_the_best_path_of_brute_force(seed):
     rng = np.random.default_rng(seed)
-    hmm = random_hmm(rng, 3, insertion_penalty=rng.uniform(0, 2), lm_weight=rng.uniform(0, 2))
+    hmm = random_hmm(rng, 3, insertion_penalty=rng.uniform(0, 2), lm_weight=rng.uniform(0, 2),
+                     duration_weight=[0.0, 1.0, rng.uniform(0, 2)][seed % 3])
     for length in range(1, 8):
         scores = log_softmax(rng, length, 3)
         best = max(path_score(scores, hmm, p) for p in itertools.product(range(3), repeat=length))

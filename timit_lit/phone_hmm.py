@@ -11,12 +11,17 @@ an insertion penalty. A path's score is
 
     sum_t [log P(p_t | x_t) - prior_weight * log P(p_t)]                 (acoustic)
     + lm_weight * [log P_init(q_1) + sum_k log P(q_k | q_{k-1})]          (phone bigram)
+    + duration_weight * sum over phones [extra * log s_q + log(1 - s_q)]  (durations)
     - insertion_penalty * (number of phones)
 
 over the frame phones ``p_t`` and the phone sequence ``q_1 q_2 ...`` they make. An acoustic
 scale ``a`` multiplying the first line is the same as ``lm_weight / a`` and
 ``insertion_penalty / a`` (the best path does not change when every score is multiplied by
-a constant), so it is not a separate setting. A phone never follows itself (two runs of one
+a constant), so it is not a separate setting. The durations term is the HMM's own
+transition probabilities: a phone lasting ``n_q + extra`` frames loops ``extra`` times in
+its last state with probability ``s_q`` and leaves it once (not the last phone of a
+segment) with ``1 - s_q``, ``s_q`` chosen so that the mean of ``extra`` is the mean
+training duration beyond the minimum (at least half a frame). A phone never follows itself (two runs of one
 phone are one phone). The first and last phone of a segment may be shorter than their
 minimum: a segment may be cut inside a phone, and a segment shorter than every minimum must
 still decode.
@@ -56,21 +61,24 @@ class PhoneHmm:
         log_initial: ``(phones,)`` log P(a segment's first phone).
         log_bigram: ``(phones, phones)`` log P(next phone | phone); the diagonal is unused.
         log_prior: ``(phones,)`` log P(phone) of a frame, divided out of the posteriors.
-        lm_weight, insertion_penalty, prior_weight: as in the module docstring.
+        log_stay: ``(phones,)`` log s_p, the last state's loop probability.
+        lm_weight, insertion_penalty, prior_weight, duration_weight: as in the module docstring.
     """
 
     min_durations: np.ndarray
     log_initial: np.ndarray
     log_bigram: np.ndarray
     log_prior: np.ndarray
+    log_stay: np.ndarray
     lm_weight: float = 1.0
     insertion_penalty: float = 0.0
     prior_weight: float = 1.0
+    duration_weight: float = 0.0
 
     @classmethod
     def from_statistics(cls, stats: PhoneStatistics, duration_scale: float = 0.0, min_duration: int = 1,
                         lm_weight: float = 1.0, insertion_penalty: float = 0.0,
-                        prior_weight: float = 1.0) -> "PhoneHmm":
+                        prior_weight: float = 1.0, duration_weight: float = 0.0) -> "PhoneHmm":
         """Phone ``p``'s minimum duration is ``max(min_duration, round(duration_scale * mean duration of p))``."""
         if min_duration < 1 or duration_scale < 0:
             raise ValueError(f"min_duration must be >= 1 and duration_scale >= 0, got {min_duration}, {duration_scale}")
@@ -79,8 +87,10 @@ class PhoneHmm:
         bigram = np.log(bigram_counts + stats.smoothing)
         np.fill_diagonal(bigram, -np.inf)  # a phone never follows itself
         bigram -= np.logaddexp.reduce(bigram, axis=1, keepdims=True)
-        return cls(durations, stats.log_initial(), bigram, stats.log_prior(), float(lm_weight),
-                   float(insertion_penalty), float(prior_weight))
+        extra = np.maximum(mean_durations(stats) - durations, 0.5)  # mean frames beyond the minimum
+        log_stay = np.log(extra / (extra + 1))  # a geometric number of loops with that mean
+        return cls(durations, stats.log_initial(), bigram, stats.log_prior(), log_stay, float(lm_weight),
+                   float(insertion_penalty), float(prior_weight), float(duration_weight))
 
     @property
     def num_phones(self) -> int:
@@ -146,6 +156,13 @@ def _decode(log_posteriors: torch.Tensor, lengths: torch.Tensor, hmm: PhoneHmm) 
     start = torch.as_tensor(hmm.lm_weight * hmm.log_initial if lm else np.zeros_like(hmm.log_initial), dtype=dtype,
                             device=device) - hmm.insertion_penalty
 
+    # The last state's loop and exit (weight 0: no term at all).
+    log_stay = torch.as_tensor(hmm.log_stay, dtype=dtype, device=device)
+    stay_score = hmm.duration_weight * log_stay if hmm.duration_weight != 0 else torch.zeros_like(log_stay)
+    exit_score = (hmm.duration_weight * torch.log1p(-log_stay.exp()) if hmm.duration_weight != 0
+                  else torch.zeros_like(log_stay))
+    enter = enter + exit_score[:, None]
+
     position = torch.arange(D, device=device)
     allowed = position[None, :] >= first[:, None]  # (P, D)
     # Frame 0: any state of a phone's chain (a segment may start inside a phone).
@@ -159,11 +176,12 @@ def _decode(log_posteriors: torch.Tensor, lengths: torch.Tensor, hmm: PhoneHmm) 
     for t in range(1, n_frames):
         leaving = delta[:, :, D - 1]  # (B, P) best score in each phone's last state
         best_entry, source = (leaving[:, :, None] + enter).max(dim=1)  # over the phone left: (B, P)
+        looping = leaving + stay_score
         new = torch.cat([torch.full_like(delta[:, :, :1], -torch.inf), delta[:, :, :-1]], dim=2)  # advance
         new.scatter_(2, first_index, best_entry[:, :, None])
         other = new[:, :, D - 1]  # entry (one-state phones) or advance into the last state
-        stay = leaving >= other
-        new[:, :, D - 1] = torch.maximum(leaving, other)
+        stay = looping >= other
+        new[:, :, D - 1] = torch.maximum(looping, other)
         new = new + acoustic[:, t][:, :, None]
         new = new - new.amax((1, 2), keepdim=True)
         running = (t < lengths)[:, None, None]

@@ -32,13 +32,16 @@ class PhoneDecoding(ViterbiEvaluation):
         min_duration: the shortest any phone may last, in frames.
         duration_scale: a phone lasts at least this fraction of its mean training
             duration (rounded; never less than ``min_duration``).
+        duration_weight: weight of the log probabilities of looping in and leaving a
+            phone's last state (its durations beyond the minimum).
     """
 
     def __init__(self, enabled: bool = False, lm_weight: float = 1.0, insertion_penalty: float = 0.0,
-                 prior_weight: float = 0.0, min_duration: int = 1, duration_scale: float = 0.0):
+                 prior_weight: float = 0.0, min_duration: int = 1, duration_scale: float = 0.0,
+                 duration_weight: float = 0.0):
         super().__init__(enabled, transition_weight=0.0, prior_weight=prior_weight)
         self.lm_weight, self.insertion_penalty = lm_weight, insertion_penalty
-        self.min_duration, self.duration_scale = min_duration, duration_scale
+        self.min_duration, self.duration_scale, self.duration_weight = min_duration, duration_scale, duration_weight
         if min_duration < 1 or duration_scale < 0:
             raise InputError(f"phone_decoding.min_duration must be >= 1 and phone_decoding.duration_scale >= 0, "
                              f"got {min_duration} and {duration_scale}")
@@ -49,7 +52,7 @@ class PhoneDecoding(ViterbiEvaluation):
     def _settings(self) -> dict:
         return {"lm_weight": self.lm_weight, "insertion_penalty": self.insertion_penalty,
                 "prior_weight": self.prior_weight, "min_duration": self.min_duration,
-                "duration_scale": self.duration_scale}
+                "duration_scale": self.duration_scale, "duration_weight": self.duration_weight}
 
     def decode_segments(self, log_posteriors: torch.Tensor, offsets: np.ndarray, stats: PhoneStatistics) -> torch.Tensor:
         return decode_segments(log_posteriors, offsets, PhoneHmm.from_statistics(stats, **self._settings()))
