@@ -265,3 +265,65 @@ def test_bucketed_fit_resumed_at_an_epoch_end_is_exact(tiny_data, tmp_path):
     assert whole["epoch"] == resumed["epoch"] == 1
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
+
+
+def test_phase_averaging_averages_the_shifted_groupings_in_evaluation_only():
+    torch.manual_seed(0)
+    model = RecurrentPhoneClassifier(input_dim=39, num_classes=39, hidden_size=16, num_layers=2, frames_per_step=3,
+                                     phase_average=True).eval()
+    lengths = [5, 17, 1, 9]
+    utterances = [torch.randn(n, 39) for n in lengths]
+    x = torch.full((4, 17, 39), 1e3)  # junk in the padding
+    y = torch.full((4, 17), -1)
+    for i, u in enumerate(utterances):
+        x[i, : len(u)], y[i, : len(u)] = u, 0
+    with torch.no_grad():
+        logits, _ = model.real_frames(*model.frame_logits((x, y, torch.tensor(lengths))))
+        # Each utterance alone, shifted by 0, 1, 2 zero frames at its start, the shifted frames' outputs dropped.
+        expected = []
+        for u in utterances:
+            shifted = [model(torch.cat([torch.zeros(s, 39), u])[None], torch.tensor([len(u) + s]))[0, s:].softmax(1)
+                       for s in range(3)]
+            expected.append(torch.stack(shifted).mean(0).log())
+    torch.testing.assert_close(logits, torch.cat(expected), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(logits.exp().sum(1), torch.ones(len(logits)))
+    # Not the single grouping's posteriors: the average changes them.
+    model.phase_average = False
+    with torch.no_grad():
+        single, _ = model.real_frames(*model.frame_logits((x, y, torch.tensor(lengths))))
+    assert not torch.allclose(single.log_softmax(1), logits, atol=1e-3)
+    # Training never averages.
+    model.phase_average = True
+    model.train()
+    model.dropout.p = 0.0
+    trained, _ = model.real_frames(*model.frame_logits((x, y, torch.tensor(lengths))))
+    torch.testing.assert_close(trained, single)
+
+
+def test_phase_averaging_from_the_command_line_for_any_checkpoint(tiny_data, tmp_path):
+    """Not a saved hyperparameter: the evaluation's option decides, whatever the checkpoint was trained with."""
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--model.frames_per_step", "2",
+              "--data.val_ratio", "0.2"]
+    run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "1", "--model.phase_average", "true")
+    (best,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
+    assert "phase_average" not in torch.load(best, weights_only=True)["hyper_parameters"]
+    model = RecurrentPhoneClassifier.load_from_checkpoint(best, map_location="cpu").eval()
+    features = np.load(tiny_data / "test_11.npy")[:, 195:234]
+    labels = np.load(tiny_data / "test_label_11.npy").astype(np.int64)
+    starts = utterance_starts(np.load(tiny_data / "test_11.npy"))
+    expected = {}
+    for averaged in (False, True):
+        model.phase_average = averaged
+        with torch.no_grad():
+            expected[averaged] = np.concatenate([
+                model.frame_logits((torch.from_numpy(features[a:b])[None], torch.zeros(1, b - a, dtype=torch.long),
+                                    torch.tensor([b - a])))[0].argmax(1).numpy()
+                for a, b in zip(starts[:-1], starts[1:])])
+    assert not np.array_equal(expected[False], expected[True])
+    for averaged in (False, True):
+        option = ["--model.phase_average", str(averaged).lower()]
+        test = run_in(tmp_path, "test", *common, *option, "--ckpt_path", str(best)).trainer.callback_metrics
+        assert float(test["test/acc"]) == pytest.approx(float((expected[averaged] == labels).mean()), abs=1e-6)
+        out = tmp_path / f"prediction_{averaged}.csv"
+        run_in(tmp_path, "predict", *common, *option, "--ckpt_path", str(best), "--prediction.output_path", str(out))
+        assert out.read_text().splitlines()[1:] == [f"{i},{c}" for i, c in enumerate(expected[averaged])]

@@ -27,8 +27,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.callbacks import (AtomicCheckpointIO, CsvPredictionWriter, EpochLearningRate, EpochThroughput,
-                                 LastCheckpoint, PhoneErrorEvaluation, ResumeState, RunConfig, ValidationFigures,
-                                 ViterbiEvaluation)
+                                 LastCheckpoint, PhoneDecoding, PhoneErrorEvaluation, ResumeState, RunConfig,
+                                 ValidationFigures, ViterbiEvaluation)
 from timit_lit.checkpoints import (_best_checkpoint, _first_logger, _hpc_checkpoint, _last_checkpoint, logger_version,
                                    one_line_parse_errors, read_checkpoint)
 from timit_lit.data import TimitDataModule
@@ -73,6 +73,8 @@ class TimitCLI(CheckpointHparamsCLI):
         parser.add_lightning_class_args(ValidationFigures, "figures")
         # Viterbi decoding scored in validate / test (off by default; timit_lit.callbacks.viterbi).
         parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
+        # The phone-level decoder, likewise (off by default; timit_lit.callbacks.phone_decoding).
+        parser.add_lightning_class_args(PhoneDecoding, "phone_decoding")
         # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.callbacks.phone_errors).
         parser.add_lightning_class_args(PhoneErrorEvaluation, "phone_errors")
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config

@@ -69,6 +69,11 @@ class RecurrentPhoneClassifier(PhoneModel):
             feature dimensions set to 0 over a whole utterance (SpecAugment's frequency masks).
         feature_mask_dims: widest feature mask.
         steps_per_call: linked from the data, which allows only 1 with utterance batches.
+        phase_average: with ``frames_per_step`` k > 1, evaluation and prediction (never
+            training) average the class posteriors of the k groupings of frames into steps
+            (the utterance shifted by 0..k-1 frames; :meth:`phase_averaged`): k forward
+            passes. An evaluation setting, not saved in checkpoints: the command line or
+            config decides it for each run.
     """
 
     batch_by = "utterances"
@@ -94,9 +99,11 @@ class RecurrentPhoneClassifier(PhoneModel):
         feature_masks: int = 0,
         feature_mask_dims: int = 8,
         steps_per_call: Union[int, Literal["auto"]] = "auto",
+        phase_average: bool = False,
     ):
         super().__init__(num_classes, lr)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["phase_average"])
+        self.phase_average = phase_average
         if frames_per_step < 1:
             raise InputError(f"model.frames_per_step must be >= 1, got {frames_per_step}")
         if conv_channels and conv_kernel % 2 == 0:
@@ -138,6 +145,19 @@ class RecurrentPhoneClassifier(PhoneModel):
         logits = self.head(self.dropout(h))  # utterances x steps x (k * classes)
         return logits.reshape(n_utterances, -1, self.num_classes)[:, :n_frames]
 
+    def phase_averaged(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Log of the mean class posteriors of the ``frames_per_step`` groupings of frames into
+        steps, as logits (``utterances x frames x classes``). Grouping ``s`` puts ``s`` zero
+        frames (the features' mean) before each utterance, so its steps start ``s`` frames
+        earlier; those frames' outputs are dropped. Each grouping errs on its own side of the
+        steps' edges; their average smooths that out."""
+        lengths = lengths.to(x.device)
+        total = 0.0
+        for shift in range(self.frames_per_step):
+            logits = self(F.pad(x, (0, 0, shift, 0)), lengths + shift)[:, shift:]
+            total = total + logits.softmax(dim=2)
+        return (total / self.frames_per_step).log()
+
     def configure_optimizers(self):
         hp = self.hparams
         if hp.weight_decay:
@@ -159,7 +179,9 @@ class RecurrentPhoneClassifier(PhoneModel):
         padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
         if self.training:
             x = self.masking(x, lengths)
-        return self(x, lengths).flatten(0, 1), targets.masked_fill(padding, IGNORED).flatten()
+        averaged = self.phase_average and self.frames_per_step > 1 and not self.training
+        logits = self.phase_averaged(x, lengths) if averaged else self(x, lengths)
+        return logits.flatten(0, 1), targets.masked_fill(padding, IGNORED).flatten()
 
 
 class ConvFrontEnd(nn.Module):
