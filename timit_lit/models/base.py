@@ -48,8 +48,8 @@ class PhoneModel(pl.LightningModule):
     the phone statistics of its training split, for the decoder, carried in its checkpoints.
 
     A subclass builds its network and says, in :meth:`frame_logits`, how a batch becomes
-    one row of logits per frame (padding's rows ignored). The CLI takes any subclass as ``model.class_path``
-    (default :class:`PhoneClassifier`). ``batch_by`` names the batches it takes
+    one row of logits per frame (padding's rows ignored). The CLI takes any subclass as
+    ``model.class_path`` (default :class:`PhoneClassifier`). ``batch_by`` names the batches it takes
     (:class:`timit_lit.data.TimitDataModule`'s option of that name).
     """
 
