@@ -33,6 +33,7 @@ import torch
 
 from timit_lit.callbacks.resume import CHECKPOINT_KEY
 from timit_lit.errors import InputError
+from timit_lit.lightning_api import CLI_HPARAM_KEYS
 
 # Networks' class paths before the package layout of issue 19, as checkpoints saved then name
 # them in hyper_parameters._class_path, and where those classes are now.
@@ -184,7 +185,7 @@ def _check_zip(path) -> None:
 
 
 # Keys LightningCLI adds to the hyperparameters it saves; load_from_checkpoint allows only its own instantiator.
-_LIGHTNING_KEYS = ("_class_path", "_instantiator")
+_LIGHTNING_KEYS = CLI_HPARAM_KEYS  # timit_lit.lightning_api
 
 
 def imported_object(dotted: str) -> Any:

@@ -99,6 +99,9 @@ class CsvPredictionWriter(BasePredictionWriter):
         self.posteriors_dtype = np.dtype(posteriors_dtype)
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if sum(isinstance(cb, ViterbiEvaluation) and cb.enabled for cb in trainer.callbacks) > 1:
+            raise InputError("decoding.enabled and phone_decoding.enabled are both true: predict writes one decoding "
+                             "of the classes, so enable one of them")
         # On every process (rank 0 writes): all stop together rather than leave the others waiting.
         check_writable(self.output_path, "prediction.output_path")
         if self.posteriors_path is not None:
@@ -131,7 +134,7 @@ class CsvPredictionWriter(BasePredictionWriter):
             log_posteriors = torch.from_numpy(posteriors[order].astype(np.float32)).clamp_min(1e-30).log()
             stats = decoder.statistics(trainer, pl_module)
             classes[order] = decoder.decode(trainer.datamodule, log_posteriors, ids[order], TEST_FEATURES, stats).numpy()
-            rank_zero_info(f"Classes decoded with Viterbi (transition weight {decoder.transition_weight})")
+            rank_zero_info(f"Classes decoded with {decoder.description()}")
         columns = [ids[order], classes[order]]
         if self.with_phone:
             columns.append(np.asarray(PHONES)[columns[1]])

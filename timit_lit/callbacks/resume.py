@@ -31,9 +31,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_states
-
 from timit_lit.errors import OutputError
+from timit_lit.lightning_api import collect_rng_states, set_rng_states
 
 CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
 
@@ -52,7 +51,7 @@ class ResumeState(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "rng_states": _to_tensors(_collect_rng_states()),
+            "rng_states": _to_tensors(collect_rng_states()),
             "logger_version": trainer.logger.version if trainer.logger is not None else None,
         }
         _flush(trainer)
@@ -66,7 +65,7 @@ class ResumeState(Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         states = checkpoint.get(CHECKPOINT_KEY, {}).get("rng_states")
         if states is not None:
-            _set_rng_states(_from_tensors(states))
+            set_rng_states(_from_tensors(states))
         self._resumed = checkpoint if trainer.state.fn == TrainerFn.FITTING else None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

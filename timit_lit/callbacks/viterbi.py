@@ -50,7 +50,7 @@ class ViterbiEvaluation(pl.Callback):
         if self._active(trainer):
             # The step's frame logits (PhoneModel returns them), or a forward pass for a model that does not.
             logits = outputs if isinstance(outputs, torch.Tensor) else pl_module.frame_logits(batch)[0]
-            self._log_posteriors.append(logits.detach().log_softmax(dim=1).cpu())
+            self._log_posteriors.append(logits.detach().float().log_softmax(dim=1).cpu())  # float32 whatever the precision
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._collect(trainer, pl_module, outputs, batch)
@@ -68,11 +68,22 @@ class ViterbiEvaluation(pl.Callback):
         file = TRAIN_FEATURES if split == "val" else TEST_FEATURES
         stats = self.statistics(trainer, pl_module)
         offsets = self.offsets(trainer.datamodule, rows, file)
-        decoded = viterbi_decode(torch.cat(self._log_posteriors), offsets, stats, self.transition_weight, self.prior_weight)
+        decoded = self.decode_segments(torch.cat(self._log_posteriors), offsets, stats)
         self._log_posteriors = []
-        labels = dataset.labels[rows]
-        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded, labels))
-        pl_module.log(f"{stage}/per_viterbi", phone_error_rate(decoded, labels, offsets))
+        for name, value in self.scores(decoded, dataset.labels[rows], offsets).items():
+            pl_module.log(f"{stage}/{name}", value)
+
+    def scores(self, decoded: torch.Tensor, labels: np.ndarray, offsets: np.ndarray) -> dict[str, float]:
+        """What ``validate`` and ``test`` log of the decoded classes, by name."""
+        return {"acc_viterbi": frame_accuracy(decoded, labels), "per_viterbi": phone_error_rate(decoded, labels, offsets)}
+
+    def decode_segments(self, log_posteriors: torch.Tensor, offsets: np.ndarray, stats: PhoneStatistics) -> torch.Tensor:
+        """The decoded classes of frames laid out by ``offsets``."""
+        return viterbi_decode(log_posteriors, offsets, stats, self.transition_weight, self.prior_weight)
+
+    def description(self) -> str:
+        """The decoder and its settings, in words, for ``predict``'s log."""
+        return f"Viterbi (transition weight {self.transition_weight})"
 
     def statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> PhoneStatistics:
         """The model's phone statistics (counted by its fit, or read from its checkpoint); for
@@ -91,8 +102,7 @@ class ViterbiEvaluation(pl.Callback):
                stats: PhoneStatistics) -> torch.Tensor:
         """The Viterbi classes of ``rows`` (sorted row ids of ``file`` in the data folder)
         from their log posteriors; also used by ``predict`` (timit_lit.callbacks.prediction)."""
-        return viterbi_decode(log_posteriors, self.offsets(datamodule, rows, file), stats, self.transition_weight,
-                              self.prior_weight)
+        return self.decode_segments(log_posteriors, self.offsets(datamodule, rows, file), stats)
 
     @staticmethod
     def offsets(datamodule, rows: np.ndarray, file: str) -> np.ndarray:
