@@ -295,6 +295,7 @@ TRAINING_STATE_CASES = {
                                      "optimizer_states[0].param_groups[0].lr is 'fast', not a number"),
     "state for no parameter": (damage_optimizer("state", lambda s: {**s, 99: {}}), "optimizer_states[0].state[99] belongs to no parameter"),
     "no optimizer states": (lambda c: c.update(optimizer_states=[]), "optimizer_states is 0 values, where this run has 1"),
+    "a scheduler this run lacks": (lambda c: c.update(lr_schedulers=[{"last_epoch": 3}]), "lr_schedulers is 1 values, where this run has 0"),
     "a loop count that is text": (damage_loop("epoch_progress", "current", "completed", value="one"),
                                   "loops.fit_loop.epoch_progress.current.completed is 'one', not an integer"),
     "a loop entry missing": (damage_loop("epoch_loop.batch_progress", value=None), "loops.fit_loop has no epoch_loop.batch_progress"),
