@@ -50,7 +50,7 @@ class ViterbiEvaluation(pl.Callback):
         if self._active(trainer):
             # The step's frame logits (PhoneModel returns them), or a forward pass for a model that does not.
             logits = outputs if isinstance(outputs, torch.Tensor) else pl_module.frame_logits(batch)[0]
-            self._log_posteriors.append(logits.detach().log_softmax(dim=1).cpu())
+            self._log_posteriors.append(logits.detach().float().log_softmax(dim=1).cpu())  # float32 whatever the precision
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._collect(trainer, pl_module, outputs, batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -130,7 +131,10 @@ class TimitDataModule(pl.LightningDataModule):
         self.input_dim = width if context == 11 else context * width // 11
         self._loaded: dict[str, FrameDataset] = {}
         self._on_device: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
-        self._maps: dict[str, np.ndarray] = {}
+        # Each file's memory map while a dataset or a caller holds it, and no longer: a map's
+        # pages, once read (the finiteness check reads them all), count in this process's
+        # resident memory for as long as the map lives, and ContextWindows copies out what it uses.
+        self._maps: weakref.WeakValueDictionary[str, np.memmap] = weakref.WeakValueDictionary()
         self._starts: dict[str, np.ndarray] = {}
 
     def utterance_starts(self, name: str) -> np.ndarray:
@@ -142,9 +146,11 @@ class TimitDataModule(pl.LightningDataModule):
         return self._starts[name]
 
     def _features(self, name: str) -> np.ndarray:
-        """The float32 memory map of the feature file ``name``, checked on first use and kept."""
-        if name in self._maps:
-            return self._maps[name]
+        """The float32 memory map of the feature file ``name``, checked when mapped; one map per
+        file while anything holds it (see ``_maps``)."""
+        features = self._maps.get(name)
+        if features is not None:
+            return features
         path = self.data_dir / name
         width = open_features(path).shape[1]
         if width != self.file_width:
@@ -152,8 +158,8 @@ class TimitDataModule(pl.LightningDataModule):
                 f"{path}: rows have {width} features, but the data's width is {self.file_width} "
                 f"(train and test files must match)"
             )
-        self._maps[name] = float32_features(path, self.cache_dir)
-        return self._maps[name]
+        features = self._maps[name] = float32_features(path, self.cache_dir)
+        return features
 
     def _labelled(self, features_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
         features = self._features(features_name)
@@ -258,7 +264,8 @@ class TimitDataModule(pl.LightningDataModule):
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=any(f.is_cuda for f, _ in self._on_device.values()),  # ids cross without a host sync
+            # Pinned on a CUDA device: batches (or, with features_on_device, row ids) cross without a host sync.
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
         )
 
     def train_dataloader(self) -> DataLoader:
