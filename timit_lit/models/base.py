@@ -27,6 +27,9 @@ class PhoneModel(pl.LightningModule):
 
     batch_by = "rows"
     label_smoothing = 0.0  # of the training loss; a subclass may take it as an option
+    # Optimizer steps per training batch: above 1 the data module hands over a list of that
+    # many batches (PhoneClassifier, which decides it when a fit starts, takes the steps itself).
+    steps_per_call = 1
 
     def __init__(self, num_classes: int, lr: float):
         super().__init__()
@@ -66,11 +69,17 @@ class PhoneModel(pl.LightningModule):
         batch's frame order, and each frame's label (or, in ``predict``, its row id)."""
         raise NotImplementedError
 
+    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss training minimises, on one row of logits per frame: cross-entropy with the
+        model's ``label_smoothing`` (evaluation reports it plain). Lightning's steps and the
+        model's own (:class:`~timit_lit.models.train_steps.TrainSteps`) both call this."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+
     def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and accuracy of one batch, logged as epoch averages under ``stage/``; returns
         the loss and the frame logits."""
         logits, y = self.frame_logits(batch)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
+        loss = self.training_loss(logits, y) if stage == "train" else F.cross_entropy(logits, y)
         accuracy.update(logits, y)
         if stage == "val":
             self.val_confusion.update(logits, y)

@@ -16,8 +16,8 @@ Used from the command line with ``validate``, ``test`` or ``predict``:
 from __future__ import annotations
 
 import inspect
+import io
 from argparse import ArgumentError
-from typing import Literal, Union
 
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
@@ -80,11 +80,12 @@ def load_member(path: str) -> PhoneModel:
     if model_class is CheckpointEnsemble:
         raise InputError(f"{path}: holds an ensemble, not a trained phone model")
     try:
-        # The class path as read_checkpoint resolved it (a checkpoint saved before the package
-        # layout of issue 19 names a module that no longer exists).
-        hparams = checkpoint.get("hyper_parameters", {})
-        moved = {"_class_path": hparams["_class_path"]} if "_class_path" in hparams else {}
-        model = model_class.load_from_checkpoint(path, map_location="cpu", weights_only=True, **moved)
+        # Built from the checkpoint as read_checkpoint read and updated it (a checkpoint saved by an
+        # older timit_lit may name a module that no longer exists, or carry a retired hyperparameter).
+        saved = io.BytesIO()
+        torch.save(checkpoint, saved)
+        saved.seek(0)
+        model = model_class.load_from_checkpoint(saved, map_location="cpu", weights_only=True)
     except ArgumentError as error:
         raise InputError(f"{path}: a saved hyperparameter does not parse: {parse_error_reason(error)}") from None
     except Exception as error:
@@ -105,10 +106,9 @@ class CheckpointEnsemble(PhoneModel):
         input_dim: features per input row (linked from the data, which the CLI sets up
             for the members: :func:`ensemble_data_settings`).
         num_classes: phone classes (linked from the data).
-        steps_per_call: linked from the data; unused (an ensemble is not trained).
     """
 
-    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39, steps_per_call: Union[int, Literal["auto"]] = "auto"):
+    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39):
         super().__init__(num_classes, lr=0.0)
         self.save_hyperparameters()
         self.members = nn.ModuleList(load_member(path) for path in checkpoints)
