@@ -31,6 +31,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_states
 
+from timit_lit.atomic import atomic_file
+
 CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
 
 
@@ -117,12 +119,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path, "wb", sync=True) as f:
+            torch.save(checkpoint, f)
