@@ -48,6 +48,13 @@ def member_data_settings(path: str, checkpoint: dict) -> dict:
     return settings
 
 
+def served_to_members(members: list[tuple[str, int]]) -> tuple[str, int]:
+    """``(batch_by, context)`` that serve members taking ``(batch_by, context)`` each: utterance
+    batches if any member takes them, and the widest context (each member cuts its own from it)."""
+    batch_by = "utterances" if any(by == "utterances" for by, _ in members) else "rows"
+    return batch_by, max(context for _, context in members)
+
+
 def ensemble_data_settings(paths: list[str]) -> dict:
     """The data settings that serve every member: the widest context, utterance batches if any
     member takes them, and the first member's validation split (``validate`` scores the
@@ -65,11 +72,10 @@ def ensemble_data_settings(paths: list[str]) -> dict:
         rank_zero_warn("ensemble members were validated on different splits: the ensemble's val/acc includes rows "
                        "that some members trained on (test/acc is unaffected)")
     first = settings[paths[0]]
+    batch_by, context = served_to_members([(s["batch_by"], s["context"]) for s in settings.values()])
     return {
         "split": first["split"], "split_seed": first["split_seed"], "val_ratio": first["val_ratio"],
-        "num_classes": classes.pop(),
-        "context": max(s["context"] for s in settings.values()),
-        "batch_by": "utterances" if any(s["batch_by"] == "utterances" for s in settings.values()) else "rows",
+        "num_classes": classes.pop(), "context": context, "batch_by": batch_by,
     }
 
 
@@ -115,8 +121,7 @@ class CheckpointEnsemble(PhoneModel):
         if not self.members:
             raise InputError("model.checkpoints is empty: list the checkpoints to ensemble")
         # As ensemble_data_settings serves them (the CLI sets the data up with it).
-        self.batch_by = "utterances" if any(m.batch_by == "utterances" for m in self.members) else "rows"
-        self.context = max(m.context for m in self.members)
+        self.batch_by, self.context = served_to_members([(m.batch_by, m.context) for m in self.members])
         # What the data serves per frame: context frames of FRAME_DIMS features, or (context 11)
         # the file's own rows, whose width may be anything.
         self.frame_dims = input_dim // self.context
