@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import timit_lit.callbacks.prediction
-import timit_lit.callbacks.resume
+import timit_lit.atomic
 from conftest import BASELINE, FAST, QUIET, REPO, run_in
 from test_errors import fails_with
 from timit_lit.models import PhoneModel
@@ -236,7 +235,7 @@ def test_a_full_disk_keeps_the_previous_file(target, tiny_data, best_checkpoint,
         file = open(path, mode, **kwargs)
         return FullDisk(file) if os.path.basename(path).startswith(f".{target}.tmp") else file
 
-    monkeypatch.setattr(timit_lit.callbacks.prediction, "open", full_open, raising=False)
+    monkeypatch.setattr(timit_lit.atomic, "open", full_open, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, *predict_args(tiny_data, best_checkpoint, "--prediction.posteriors_path", "posteriors.npy"))
     err = capsys.readouterr().err
@@ -257,7 +256,7 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(tiny_data, 
         file = open(path, mode, **kwargs)
         return FullDisk(file) if ".ckpt.tmp" in os.path.basename(path) else file
 
-    monkeypatch.setattr(timit_lit.callbacks.resume, "open", full_open, raising=False)
+    monkeypatch.setattr(timit_lit.atomic, "open", full_open, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, *fit, "--trainer.max_epochs", "2", "--ckpt_path", "last")
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from timit_lit.callbacks.outputs import EvaluationOutputs
 from timit_lit.data.files import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS
 from timit_lit.data.utterances import segment_offsets
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, frame_accuracy, viterbi_decode
@@ -25,7 +26,8 @@ class ViterbiEvaluation(pl.Callback):
     the model saves them into each checkpoint (:data:`STATISTICS_KEY`): a checkpoint
     decodes without the training files. A checkpoint from before they were saved falls
     back to counting the training file's labels, all rows. The split's log posteriors are
-    collected in row order, cut into utterances and decoded. One process only.
+    collected in row order (:class:`~timit_lit.callbacks.outputs.EvaluationOutputs`), cut into
+    utterances and decoded. One process only.
 
     Args:
         enabled: decode (off by default).
@@ -35,28 +37,18 @@ class ViterbiEvaluation(pl.Callback):
 
     def __init__(self, enabled: bool = False, transition_weight: float = 1.0, prior_weight: float = 1.0):
         self.enabled, self.transition_weight, self.prior_weight = enabled, transition_weight, prior_weight
-        self._log_posteriors: list[torch.Tensor] = []
+        self._outputs: EvaluationOutputs | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Every fit, decoding enabled or not, so that any checkpoint can be decoded later.
         datamodule = getattr(trainer, "datamodule", None)
         if stage == "fit" and "train" in getattr(datamodule, "_loaded", {}):
             pl_module.phone_statistics = training_statistics(datamodule)
+        if self.enabled:
+            self._outputs = EvaluationOutputs.attach(trainer, log_posteriors=True)
 
     def _active(self, trainer: pl.Trainer) -> bool:
         return self.enabled and trainer.state.fn in ("fit", "validate", "test") and not trainer.sanity_checking
-
-    def _collect(self, trainer, pl_module, outputs, batch) -> None:
-        if self._active(trainer):
-            # The step's frame logits (PhoneModel returns them), or a forward pass for a model that does not.
-            logits = outputs if isinstance(outputs, torch.Tensor) else pl_module.frame_logits(batch)[0]
-            self._log_posteriors.append(logits.detach().float().log_softmax(dim=1).cpu())  # float32 whatever the precision
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, outputs, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, outputs, batch)
 
     def _score(self, trainer, pl_module, split: str, stage: str) -> None:
         if not self._active(trainer):
@@ -64,12 +56,11 @@ class ViterbiEvaluation(pl.Callback):
         if trainer.world_size > 1:
             raise InputError("decoding.enabled runs on one process")
         dataset = trainer.datamodule._loaded[split]
-        rows = dataset.rows.numpy()
+        rows = self._outputs.rows(dataset)  # (with limit_{val,test}_batches, the first rows only)
         file = TRAIN_FEATURES if split == "val" else TEST_FEATURES
         stats = self.statistics(trainer, pl_module)
         offsets = self.offsets(trainer.datamodule, rows, file)
-        decoded = self.decode_segments(torch.cat(self._log_posteriors), offsets, stats)
-        self._log_posteriors = []
+        decoded = self.decode_segments(self._outputs.log_posteriors(), offsets, stats)
         for name, value in self.scores(decoded, dataset.labels[rows], offsets).items():
             pl_module.log(f"{stage}/{name}", value)
 
@@ -119,8 +110,7 @@ class ViterbiEvaluation(pl.Callback):
 def training_statistics(datamodule) -> PhoneStatistics:
     """The statistics of the rows that train (``datamodule._loaded["train"]``), segmented by
     utterance and at the split's cuts, so no transition joins two utterances or the two
-    sides of a cut. 0.3 s for the replica's 790,296 training rows on 2 cores, recovering
-    the utterances included."""
+    sides of a cut (its speed: docs/sequence-models.md)."""
     train = datamodule._loaded["train"]
     rows = train.rows.numpy()
     starts = datamodule.utterance_starts(TRAIN_FEATURES)

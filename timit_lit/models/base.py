@@ -55,6 +55,9 @@ class PhoneModel(pl.LightningModule):
 
     batch_by = "rows"
     label_smoothing = 0.0  # of the training loss; a subclass may take it as an option
+    # Optimizer steps per training batch: above 1 the data module hands over a list of that
+    # many batches (PhoneClassifier, which decides it when a fit starts, takes the steps itself).
+    steps_per_call = 1
 
     def __init__(self, num_classes: int, lr: float):
         super().__init__()
@@ -105,13 +108,18 @@ class PhoneModel(pl.LightningModule):
             logits, targets = logits[real], targets[real]
         return logits.float(), targets
 
+    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss training minimises, on one row of logits per frame: the mean cross-entropy
+        over real frames (padding's :data:`IGNORED` targets skipped) with the model's
+        ``label_smoothing`` (evaluation reports it plain). Lightning's steps and the model's own
+        (:class:`~timit_lit.models.train_steps.TrainSteps`) both call this."""
+        return F.cross_entropy(logits, targets, ignore_index=IGNORED, label_smoothing=self.label_smoothing)
+
     def _evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss and accuracy of one batch over its real frames, logged as epoch averages under
         ``stage/``; returns the loss, the frame logits and their targets (padding: IGNORED)."""
         logits, y = self.frame_logits(batch)
-        smoothing = self.label_smoothing if stage == "train" else 0.0
-        # The mean over real frames: padding's targets are ignored, as if it were not there.
-        loss = F.cross_entropy(logits, y, ignore_index=IGNORED, label_smoothing=smoothing)
+        loss = self.training_loss(logits, y) if stage == "train" else F.cross_entropy(logits, y, ignore_index=IGNORED)
         frames = (y != IGNORED).sum()
         losses, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         losses.update(loss.detach() * frames, frames)
