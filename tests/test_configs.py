@@ -14,9 +14,10 @@ ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"]
 def test_gpu_yaml_on_the_mlp_configs(tiny_data, tmp_path, base):
     cli = run_in(tmp_path, "fit", "--config", str(CONFIGS / base), "--config", str(CONFIGS / "gpu.yaml"),
                  "--data.data_dir", str(tiny_data), *ON_CPU, "--model.cuda_graph", "false")  # CUDA graphs need CUDA
-    assert cli.datamodule.steps_per_call == 64 and cli.datamodule.features_on_device
-    assert cli.model.own_steps == "data.steps_per_call > 1"
-    assert cli.trainer.global_step == -(-len(cli.datamodule._loaded["train"]) // cli.datamodule.batch_size)
+    assert cli.model.steps_per_call == 64 and not cli.model.automatic_optimization  # the model's own steps
+    assert cli.datamodule.features_on_device
+    rows = len(cli.datamodule.train_dataloader().dataset)
+    assert cli.trainer.global_step == -(-rows // cli.datamodule.batch_size)  # one optimizer step per batch of rows
 
 
 def test_gpu_recurrent_yaml_on_recurrent_yaml(tiny_data, tmp_path):
@@ -33,5 +34,5 @@ def test_an_option_the_network_does_not_take_is_one_line(tiny_data, tmp_path, ca
                "--data.data_dir", str(tiny_data))
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["timit_lit: error: model.cuda_graph: the network RecurrentPhoneClassifier takes no such option "
+    assert err == ["timit_lit: error: model.steps_per_call: the network RecurrentPhoneClassifier takes no such option "
                    "(model.class_path timit_lit.models.RecurrentPhoneClassifier)"]

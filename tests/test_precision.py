@@ -24,7 +24,7 @@ def test_bf16_mixed_fits_validates_decodes_and_predicts(tiny_data, tmp_path, net
     assert 0 < float(metrics["val/acc"]) <= 1 and 0 < float(metrics["val/acc_viterbi"]) <= 1
     assert np.isfinite(float(metrics["train/loss"])) and np.isfinite(float(metrics["val/loss"]))
     if network is MLP:  # its own steps need 32-bit precision: Lightning's steps, said in one line
-        assert fit.model.automatic_optimization and fit.datamodule.steps_per_call == 1
+        assert fit.model.automatic_optimization and fit.model.steps_per_call == 1
         assert any("precision is bf16-mixed" in line for line in said)
     best = fit.trainer.checkpoint_callback.best_model_path
 
@@ -46,7 +46,7 @@ def test_bf16_mixed_fits_validates_decodes_and_predicts(tiny_data, tmp_path, net
 
 def test_own_steps_asked_for_under_mixed_precision_is_a_one_line_error(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
-        run_in(tmp_path, "fit", *MLP, "--data.data_dir", str(tiny_data), *BF16, "--data.steps_per_call", "4",
+        run_in(tmp_path, "fit", *MLP, "--data.data_dir", str(tiny_data), *BF16, "--model.steps_per_call", "4",
                "--trainer.max_epochs", "1")
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
