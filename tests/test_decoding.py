@@ -169,7 +169,8 @@ def split_statistics(data_dir, **options):
     dm = TimitDataModule(str(data_dir), **options)
     features, labels = np.load(data_dir / TRAIN_FEATURES), np.load(data_dir / TRAIN_LABELS).astype(np.int64)
     starts = utterance_starts(features)
-    train_rows, _ = dm._split(len(features), starts)
+    dm.setup("fit")
+    train_rows = dm.dataset("train").rows.numpy()
     split = PhoneStatistics.estimate(labels[train_rows], segment_offsets(train_rows, starts))
     return split, PhoneStatistics.estimate(labels, starts)
 

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, InputError
+from timit_lit.data import TRAIN_FEATURES, TRAIN_LABELS, InputError
 from timit_lit.phone_errors import phone_error_rate
 from timit_lit.utterances import segment_offsets
 
@@ -226,6 +226,18 @@ def _viterbi(scores: torch.Tensor, offsets: np.ndarray, log_init: torch.Tensor, 
     return path
 
 
+def clamp_known(log_posteriors, known) -> torch.Tensor:
+    """``log_posteriors`` with every frame whose label is known (``known`` >= 0) made certain
+    of it: log-probability 0 for its label, -inf for the others. Decoding then keeps those
+    frames' labels and chooses the rest's around them."""
+    scores = torch.as_tensor(log_posteriors).clone()
+    known = torch.as_tensor(np.asarray(known), device=scores.device)
+    frames = torch.nonzero(known >= 0).squeeze(1)
+    scores[frames] = float("-inf")
+    scores[frames, known[frames]] = 0.0
+    return scores
+
+
 def frame_accuracy(predictions: torch.Tensor, labels) -> float:
     """Fraction of frames whose prediction equals the label."""
     labels = torch.as_tensor(labels, device=predictions.device)
@@ -263,22 +275,32 @@ class ViterbiEvaluation(pl.Callback):
     the model saves them into each checkpoint (:data:`STATISTICS_KEY`): a checkpoint
     decodes without the training files. A checkpoint from before they were saved falls
     back to counting the training file's labels, all rows. The split's log posteriors are
-    collected in row order, cut into utterances and decoded. One process only.
+    collected in row order, cut into utterances and decoded; accuracy counts the frames the
+    split scores (a frame labelled -1 is input only). One process only.
 
     Args:
         enabled: decode (off by default).
         transition_weight: weight of the log transition probabilities (0: framewise).
         prior_weight: weight of the log priors divided out of the posteriors.
+        known_labels: decode with the labels that were given for training taken as
+            certain where they share an utterance with the decoded rows (the data module's
+            ``known_labels``: in MLE-bench's split the test rows sit between labelled
+            training rows; in validation with ``split: labels``, the rows that train): those
+            frames keep their label and the others are chosen around them.
     """
 
-    def __init__(self, enabled: bool = False, transition_weight: float = 1.0, prior_weight: float = 1.0):
+    def __init__(self, enabled: bool = False, transition_weight: float = 1.0, prior_weight: float = 1.0,
+                 known_labels: bool = False):
         self.enabled, self.transition_weight, self.prior_weight = enabled, transition_weight, prior_weight
+        self.known_labels = known_labels
         self._log_posteriors: list[torch.Tensor] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Every fit, decoding enabled or not, so that any checkpoint can be decoded later.
         datamodule = getattr(trainer, "datamodule", None)
-        if stage == "fit" and "train" in getattr(datamodule, "_loaded", {}):
+        if self.enabled and hasattr(datamodule, "require_utterances"):
+            datamodule.require_utterances("decoding.enabled")
+        # Every fit, decoding enabled or not, so that any checkpoint can be decoded later.
+        if stage == "fit" and hasattr(datamodule, "labelled_segments"):
             pl_module.phone_statistics = training_statistics(datamodule)
 
     def _active(self, trainer: pl.Trainer) -> bool:
@@ -301,16 +323,17 @@ class ViterbiEvaluation(pl.Callback):
             return
         if trainer.world_size > 1:
             raise InputError("decoding.enabled runs on one process")
-        dataset = trainer.datamodule._loaded[split]
+        datamodule = trainer.datamodule
+        dataset = datamodule.dataset(split)
         rows = dataset.rows.numpy()
-        file = TRAIN_FEATURES if split == "val" else TEST_FEATURES
         stats = self.statistics(trainer, pl_module)
-        offsets = self.offsets(trainer.datamodule, rows, file)
-        decoded = viterbi_decode(torch.cat(self._log_posteriors), offsets, stats, self.transition_weight, self.prior_weight)
+        decoded = self.decode(datamodule, torch.cat(self._log_posteriors), rows, dataset.file, stats, split)
         self._log_posteriors = []
         labels = dataset.labels[rows]
-        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded, labels))
-        pl_module.log(f"{stage}/per_viterbi", phone_error_rate(decoded, labels, offsets))
+        scored = labels >= 0
+        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded[torch.from_numpy(scored)], labels[scored]))
+        if scored.all():  # the phone error rate of whole utterances (not of scattered held-out frames)
+            pl_module.log(f"{stage}/per_viterbi", phone_error_rate(decoded, labels, self.offsets(datamodule, rows, dataset.file)))
 
     def statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> PhoneStatistics:
         """The model's phone statistics (counted by its fit, or read from its checkpoint); for
@@ -326,15 +349,19 @@ class ViterbiEvaluation(pl.Callback):
         return PhoneStatistics.estimate(train_labels, dm.utterance_starts(TRAIN_FEATURES), dm.num_classes)
 
     def decode(self, datamodule, log_posteriors: torch.Tensor, rows: np.ndarray, file: str,
-               stats: PhoneStatistics) -> torch.Tensor:
-        """The Viterbi classes of ``rows`` (sorted row ids of ``file`` in the data folder)
-        from their log posteriors; also used by ``predict`` (timit_lit.prediction)."""
+               stats: PhoneStatistics, split: Optional[str] = None) -> torch.Tensor:
+        """The Viterbi classes of ``rows`` (sorted row ids of the row space ``file``, served
+        to ``split``) from their log posteriors, with the known labels taken as certain if
+        ``known_labels``; also used by ``predict`` (timit_lit.prediction)."""
+        known = datamodule.known_labels(split) if self.known_labels and split else None
+        if known is not None:
+            log_posteriors = clamp_known(log_posteriors, known[rows])
         return viterbi_decode(log_posteriors, self.offsets(datamodule, rows, file), stats, self.transition_weight,
                               self.prior_weight)
 
     @staticmethod
     def offsets(datamodule, rows: np.ndarray, file: str) -> np.ndarray:
-        """The segments of ``rows`` (sorted row ids of ``file``): its utterances, cut where rows are missing."""
+        """The segments of ``rows`` (sorted row ids of the row space ``file``): its utterances, cut where rows are missing."""
         return segment_offsets(rows, datamodule.utterance_starts(file))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -345,11 +372,9 @@ class ViterbiEvaluation(pl.Callback):
 
 
 def training_statistics(datamodule) -> PhoneStatistics:
-    """The statistics of the rows that train (``datamodule._loaded["train"]``), segmented by
-    utterance and at the split's cuts, so no transition joins two utterances or the two
-    sides of a cut. 0.3 s for the replica's 790,296 training rows on 2 cores, recovering
-    the utterances included."""
-    train = datamodule._loaded["train"]
-    rows = train.rows.numpy()
-    starts = datamodule.utterance_starts(TRAIN_FEATURES)
-    return PhoneStatistics.estimate(train.labels[rows], segment_offsets(rows, starts), datamodule.num_classes)
+    """The statistics of the labelled rows that train, segmented by utterance, at the
+    split's cuts and at unlabelled rows (``datamodule.labelled_segments("train")``), so no
+    transition joins two utterances or the two sides of a cut or a gap. 0.3 s for the
+    replica's 790,296 training rows on 2 cores, recovering the utterances included."""
+    labels, offsets = datamodule.labelled_segments("train")
+    return PhoneStatistics.estimate(labels, offsets, datamodule.num_classes)

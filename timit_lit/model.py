@@ -15,6 +15,7 @@ from timit_lit.train_steps import TrainSteps, auto_steps_per_call, why_lightning
 from timit_lit.data import InputError
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 
+UNLABELLED = -1  # the target of a frame that is input but not scored (as padding's, timit_lit.data.UtteranceDataset)
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -64,13 +65,14 @@ class PhoneModel(pl.LightningModule):
     def __init__(self, num_classes: int, lr: float):
         super().__init__()
         # validate_args=False: the data module has checked the labels, and the checks
-        # would synchronise with the device on every step.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # would synchronise with the device on every step. Frames labelled UNLABELLED
+        # (test rows and held-out labels inside utterances) count nowhere.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False, ignore_index=UNLABELLED)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False, ignore_index=UNLABELLED)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False, ignore_index=UNLABELLED)
         # Validation counts (true x predicted) for TensorBoard's figures (timit_lit.monitoring);
         # they add up on the device, read once per epoch. Not part of the checkpoint.
-        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False, ignore_index=UNLABELLED)
         self.lr = lr
         # Counted by fit (timit_lit.decoding.ViterbiEvaluation), saved and read back with the
         # checkpoint, so that decoding needs no training files; None if not yet known.
@@ -96,14 +98,16 @@ class PhoneModel(pl.LightningModule):
 
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, targets)``: one row of class logits per real frame of ``batch``, in the
-        batch's frame order, and each frame's label (or, in ``predict``, its row id)."""
+        batch's frame order, and each frame's label (:data:`UNLABELLED` where the frame is
+        input only) or, in ``predict``, its row id."""
         raise NotImplementedError
 
     def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and accuracy of one batch, logged as epoch averages under ``stage/``; returns
         the loss and the frame logits."""
         logits, y = self.frame_logits(batch)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
+        loss = F.cross_entropy(logits, y, ignore_index=UNLABELLED,
+                               label_smoothing=self.label_smoothing if stage == "train" else 0.0)
         accuracy.update(logits, y)
         if stage == "val":
             self.val_confusion.update(logits, y)

@@ -186,3 +186,34 @@ def recover_utterances(files: Sequence[np.ndarray], chunk_rows: int = CHUNK_ROWS
     order, offsets = chains(following)
     file_starts = np.concatenate([[0], np.cumsum([len(f) for f in files])]).astype(np.int64)
     return Utterances(order, offsets, file_starts)
+
+
+class RowsInUtteranceOrder:
+    """The rows of several files read as one matrix in utterance order: row ``i`` is combined
+    row ``utterances.order[i]``, so each utterance is a run of consecutive rows, as in the
+    course's own files, and everything that works on a file's rows and utterance starts works
+    here with ``utterances.offsets`` as the starts. Indexed like a 2-D array (row ids, slices,
+    or ``(rows, columns)``); nothing is copied until rows are read."""
+
+    def __init__(self, files: Sequence[np.ndarray], utterances: Utterances):
+        _check_files(files)
+        self.files, self.utterances = list(files), utterances
+        self.shape = (len(utterances.order), files[0].shape[1])
+        self.dtype, self.ndim = files[0].dtype, 2
+        self.width_features = files[0].shape[1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, columns = key if isinstance(key, tuple) else (key, slice(None))
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)))
+        ids = self.utterances.order[np.asarray(rows)]
+        out = np.empty((len(ids), self.shape[1]), dtype=self.dtype)
+        file_of = np.searchsorted(self.utterances.file_starts, ids, side="right") - 1
+        for f, features in enumerate(self.files):
+            here = np.flatnonzero(file_of == f)
+            if len(here):
+                out[here] = features[ids[here] - self.utterances.file_starts[f]]
+        return out[:, columns]
