@@ -298,7 +298,7 @@ class ViterbiEvaluation(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = getattr(trainer, "datamodule", None)
         if self.enabled and hasattr(datamodule, "require_utterances"):
-            datamodule.require_utterances("decoding.enabled")
+            datamodule.require_utterances("decoding.enabled true")
         # Every fit, decoding enabled or not, so that any checkpoint can be decoded later.
         if stage == "fit" and hasattr(datamodule, "labelled_segments"):
             pl_module.phone_statistics = training_statistics(datamodule)

@@ -112,7 +112,9 @@ class PhoneModel(pl.LightningModule):
         if stage == "val":
             self.val_confusion.update(logits, y)
         # Epoch-level only: per-step logging would cost time on every step.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        # Weighted by the frames the loss averages over: the labelled ones.
+        labelled = int((y != UNLABELLED).sum())
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=labelled, sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss, logits
 
