@@ -325,9 +325,10 @@ class ViterbiEvaluation(pl.Callback):
             raise InputError("decoding.enabled runs on one process")
         datamodule = trainer.datamodule
         dataset = datamodule.dataset(split)
-        rows = dataset.rows.numpy()
+        log_posteriors = torch.cat(self._log_posteriors)
+        rows = dataset.rows.numpy()[: len(log_posteriors)]  # with limit_{val,test}_batches, the first rows only
         stats = self.statistics(trainer, pl_module)
-        decoded = self.decode(datamodule, torch.cat(self._log_posteriors), rows, dataset.file, stats, split)
+        decoded = self.decode(datamodule, log_posteriors, rows, dataset.file, stats, split)
         self._log_posteriors = []
         labels = dataset.labels[rows]
         scored = labels >= 0
