@@ -1,6 +1,6 @@
 """Time one training step of a 3-layer bidirectional LSTM over a padded batch of utterances,
 as ``pack_padded_sequence`` + ``nn.LSTM(bidirectional=True)`` would compute it and as
-:class:`timit_lit.recurrent.RecurrentPhoneClassifier` does (two unidirectional layers per
+:class:`timit_lit.models.RecurrentPhoneClassifier` does (two unidirectional layers per
 layer, the backward one over each utterance reversed within its length): the same
 outputs for the real frames, different kernels.
 
@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from timit_lit.data import LengthBucketedOrder, UtteranceDataset
-from timit_lit.recurrent import RecurrentPhoneClassifier
-from timit_lit.utterances import utterance_starts
+from timit_lit.models import RecurrentPhoneClassifier
+from timit_lit.data.utterances import utterance_starts
 
 
 def seconds_per_step(step, repeats: int) -> float:

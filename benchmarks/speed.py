@@ -38,9 +38,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from timit_lit.cli import TimitCLI, _quiet_known_warnings
+from timit_lit.cli import TimitCLI
+from timit_lit.runtime import _quiet_known_warnings
 from timit_lit.data import TimitDataModule
-from timit_lit.model import PhoneModel, mlp
+from timit_lit.models import PhoneModel
+from timit_lit.models.mlp import mlp
 
 COURSE_TRAIN_ROWS, COURSE_TEST_ROWS, WIDTH, CLASSES = 1_229_932, 451_552, 429, 39
 

@@ -12,7 +12,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import BASELINE, FAST, REPO, run_in
-from timit_lit.model import PhoneClassifier
+from timit_lit.models import PhoneClassifier
 
 
 def scalars(run_dir):
@@ -36,7 +36,7 @@ def test_fit_leaves_checkpoints_config_and_curves(trained_run):
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["seed_everything"] == 0 and config["trainer"]["max_epochs"] == 2
     model = config["model"]
-    assert model["class_path"] == "timit_lit.model.PhoneClassifier"
+    assert model["class_path"] == "timit_lit.models.PhoneClassifier"
     assert model["init_args"]["hidden_sizes"] == [1024, 512, 128] and model["init_args"]["activation"] == "sigmoid"
     hparams = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]
     assert hparams["input_dim"] == 429 and hparams["num_classes"] == 39

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from timit_lit.data import FrameDataset, InputError, TimitDataModule, float32_cache_path, float32_features
+from timit_lit.data import FrameDataset, TimitDataModule
+from timit_lit.data.files import float32_cache_path, float32_features
+from timit_lit.errors import InputError
 from timit_lit.synthetic import write_synthetic_timit
 
 

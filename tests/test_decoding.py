@@ -9,12 +9,12 @@ import torch
 
 from conftest import BASELINE, FAST, run_in
 from test_phone_errors import independent_metrics
-from timit_lit import decoding
+from timit_lit.callbacks import viterbi
 from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, TimitDataModule
-from timit_lit.decoding import (STATISTICS_KEY, PhoneStatistics, ViterbiEvaluation, choose_transition_weight,
-                                frame_accuracy, viterbi_decode)
+from timit_lit.callbacks import ViterbiEvaluation
+from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, choose_transition_weight, frame_accuracy, viterbi_decode
 from timit_lit.synthetic import NUM_PHONES, write_synthetic_timit
-from timit_lit.utterances import segment_offsets, utterance_starts
+from timit_lit.data.utterances import segment_offsets, utterance_starts
 
 
 def random_stats(rng, num_phones):
@@ -280,7 +280,7 @@ def test_a_checkpoint_without_statistics_counts_them_from_the_training_file(tiny
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
     said = []
-    monkeypatch.setattr(decoding, "rank_zero_info", said.append)
+    monkeypatch.setattr(viterbi, "rank_zero_info", said.append)
     run_in(tmp_path, "predict", "--ckpt_path", str(old), "--data.data_dir", str(tiny_data), "--decoding.enabled", "true",
            "--prediction.posteriors_path", "old.npy")
     assert any(line.startswith(f"timit_lit: no phone statistics in {old}") for line in said), said

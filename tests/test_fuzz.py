@@ -19,8 +19,9 @@ import pytest
 from conftest import BASELINE
 from test_data import copy_data
 from test_errors import fails_with
-from timit_lit.data import TRAIN_FEATURES, TRAIN_LABELS, InputError, float32_features, load_labels
-from timit_lit.resume import read_checkpoint
+from timit_lit.data.files import TRAIN_FEATURES, TRAIN_LABELS, float32_features, load_labels
+from timit_lit.errors import InputError
+from timit_lit.checkpoints import read_checkpoint
 
 CASES_PER_FILE = int(os.environ.get("TIMIT_FUZZ_CASES", 40))  # more for a longer search
 

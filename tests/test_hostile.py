@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import timit_lit.prediction
+import timit_lit.callbacks.prediction
 from conftest import BASELINE, QUIET, REPO, run_in
 from test_errors import fails_with
-from timit_lit.model import PhoneModel
+from timit_lit.models import PhoneModel
 
 ENSEMBLE = str(REPO / "configs" / "ensemble.yaml")
 
@@ -26,7 +26,7 @@ def hostile_module(tmp_path, monkeypatch):
     marker = tmp_path / f"{name}.imported"
     (tmp_path / f"{name}.py").write_text(
         f"open({str(marker)!r}, 'w').close()\n"
-        "from timit_lit.model import PhoneClassifier\n"
+        "from timit_lit.models import PhoneClassifier\n"
         "class Net(PhoneClassifier):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -81,6 +81,25 @@ def test_a_checkpoint_of_your_own_network_loads_once_you_name_it(tiny_data, best
         sys.modules.pop(name, None)
 
 
+def test_a_checkpoint_saved_before_the_package_layout_loads(tiny_data, best_checkpoint, tmp_path):
+    """Checkpoints name their network by the class path it had when they were saved; those
+    from before the package layout (timit_lit.model, .recurrent, .ensemble) still load."""
+    old = altered(best_checkpoint, tmp_path / "old.ckpt", {"_class_path": "timit_lit.model.PhoneClassifier"})
+    data = ["--data.data_dir", str(tiny_data)]
+    scores = {}
+    for name, checkpoint in (("now", best_checkpoint), ("old", old)):
+        cli = run_in(tmp_path, "test", "--config", BASELINE, *data, "--ckpt_path", str(checkpoint))
+        assert type(cli.model).__name__ == "PhoneClassifier"
+        scores[name] = float(cli.trainer.callback_metrics["test/acc"])
+        run_in(tmp_path, "predict", "--config", BASELINE, *data, "--ckpt_path", str(checkpoint),
+               "--prediction.output_path", f"{name}.csv")
+    assert scores["old"] == scores["now"]
+    assert (tmp_path / "old.csv").read_text() == (tmp_path / "now.csv").read_text()
+    cli = run_in(tmp_path, "test", "--config", ENSEMBLE, *data, "--model.checkpoints", f"[{old}]")
+    assert float(cli.trainer.callback_metrics["test/acc"]) == scores["now"]
+    assert "timit_lit.model" not in sys.modules
+
+
 class Payload:
     """Unpickling this runs a shell command that writes ``marker``."""
 
@@ -117,7 +136,7 @@ def test_a_real_process_refuses_the_foreign_class_without_importing_it(tiny_data
 HYPERPARAMETER_CASES = {
     # id: (hyper_parameters to set, or top-level entries; words the message must hold)
     "value of the wrong type": (dict(hidden_sizes="wide"), {}, ["hidden_sizes", "tuple", "wide"]),
-    "unknown argument": (dict(extra=1), {}, ["hyper_parameters.extra is not an argument of timit_lit.model.PhoneClassifier"]),
+    "unknown argument": (dict(extra=1), {}, ["hyper_parameters.extra is not an argument of timit_lit.models.PhoneClassifier"]),
     "nested class path": (dict(hidden_sizes={"class_path": "os.system"}), {},
                           ["hyper_parameters.hidden_sizes.class_path names a class", "os.system"]),
     "class path not a string": (dict(_class_path=7), {}, ["names the network 7"]),
@@ -215,7 +234,7 @@ def test_a_full_disk_keeps_the_previous_file(target, tiny_data, best_checkpoint,
         file = open(path, mode, **kwargs)
         return FullDisk(file) if os.path.basename(path).startswith(f".{target}.tmp") else file
 
-    monkeypatch.setattr(timit_lit.prediction, "open", full_open, raising=False)
+    monkeypatch.setattr(timit_lit.callbacks.prediction, "open", full_open, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, *predict_args(tiny_data, best_checkpoint, "--prediction.posteriors_path", "posteriors.npy"))
     err = capsys.readouterr().err

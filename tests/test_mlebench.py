@@ -17,11 +17,12 @@ from torch.nn import functional as F
 
 from conftest import QUIET, REPO, run_in
 from shuffled_split import mlebench_split
-from timit_lit.data import RECOVERED, TimitDataModule
+from timit_lit.data import TimitDataModule
+from timit_lit.data.datamodule import RECOVERED
 from timit_lit.decoding import PhoneStatistics, clamp_known, viterbi_decode
-from timit_lit.recurrent import RecurrentPhoneClassifier
+from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.synthetic import write_synthetic_timit
-from timit_lit.utterances import utterance_starts
+from timit_lit.data.utterances import utterance_starts
 
 MLEBENCH = str(REPO / "configs" / "mlebench.yaml")
 TINY = ["--model.hidden_size", "16", "--model.num_layers", "1", "--data.batch_size", "4", "--data.eval_batch_size", "5",

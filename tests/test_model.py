@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from timit_lit.model import PhoneClassifier
+from timit_lit.models import PhoneClassifier
 
 
 class NotebookClassifier(nn.Module):

@@ -136,7 +136,8 @@ def test_test_results_are_logged_into_the_checkpoints_run(tiny_data, best_checkp
 
 def test_a_files_utterances_are_recovered_once(tiny_data, best_checkpoint, tmp_path, monkeypatch):
     """The split, the datasets and the decoder all ask the data module, which recovers them once."""
-    from timit_lit import data, decoding, utterances
+    from timit_lit.callbacks import viterbi
+    from timit_lit.data import datamodule, utterances
 
     recovered = []
 
@@ -144,7 +145,7 @@ def test_a_files_utterances_are_recovered_once(tiny_data, best_checkpoint, tmp_p
         recovered.append(len(features))
         return utterances.utterance_starts(features)
 
-    for module in (data, decoding):  # wherever it could be called from
+    for module in (datamodule, viterbi):  # wherever it could be called from
         monkeypatch.setattr(module, "utterance_starts", counted, raising=False)
 
     cli = run_in(tmp_path, "validate", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import BASELINE, SHARED, run_in
-from timit_lit.model import PhoneClassifier
+from timit_lit.models import PhoneClassifier
 from timit_lit.phones import PHONES
 
 

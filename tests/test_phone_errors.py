@@ -9,10 +9,10 @@ import torch
 
 from conftest import REPO, run_in
 from timit_lit.data import TimitDataModule
-from timit_lit.model import PhoneClassifier
-from timit_lit.recurrent import RecurrentPhoneClassifier
-from timit_lit.phone_errors import boundary_accuracy, boundary_mask, phone_error_rate, phone_sequences
-from timit_lit.utterances import utterance_starts
+from timit_lit.models import PhoneClassifier
+from timit_lit.models import RecurrentPhoneClassifier
+from timit_lit.scoring import boundary_accuracy, boundary_mask, phone_error_rate, phone_sequences
+from timit_lit.data.utterances import utterance_starts
 
 A, B, C, D, X = 0, 1, 2, 3, 4
 
@@ -60,7 +60,7 @@ def learnt_checkpoint(tiny_data, tmp_path_factory):
     return best
 
 
-# Independent re-computations, sharing no code with timit_lit.phone_errors.
+# Independent re-computations, sharing no code with timit_lit.scoring.
 
 def edit_distance(hypothesis, reference):
     previous = list(range(len(reference) + 1))

@@ -1,4 +1,4 @@
-"""Utterances recovered from rows in any order, across files (timit_lit.row_links)."""
+"""Utterances recovered from rows in any order, across files (timit_lit.data.utterances.recover_utterances)."""
 
 import subprocess
 import sys
@@ -8,9 +8,9 @@ import pytest
 
 from conftest import SHARED
 from shuffled_split import mlebench_split
-from timit_lit.row_links import Utterances, chains, recover_utterances
+from timit_lit.data.utterances import Utterances, chains, recover_utterances
 from timit_lit.synthetic import splice, write_synthetic_timit
-from timit_lit.utterances import utterance_starts
+from timit_lit.data.utterances import utterance_starts
 
 
 def as_sets(utterances: Utterances, source_row: np.ndarray) -> list[tuple[int, ...]]:

@@ -8,8 +8,8 @@ from pytorch_lightning import Callback
 from torch.profiler import ProfilerActivity, profile
 
 from conftest import BASELINE, run_in
-from timit_lit import model
-from timit_lit.model import mlp
+import timit_lit.models.mlp as model
+from timit_lit.models.mlp import mlp
 
 
 def fit(workdir, data, *options: str):
@@ -201,8 +201,8 @@ def test_steps_per_call_auto_leaves_per_step_callbacks_their_steps():
     from pytorch_lightning import Trainer
     from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 
-    from timit_lit.model import PhoneClassifier
-    from timit_lit.train_steps import why_lightning_steps
+    from timit_lit.models import PhoneClassifier
+    from timit_lit.models.train_steps import why_lightning_steps
 
     def reason(*callbacks, **options):
         trainer = Trainer(callbacks=list(callbacks), logger=False, accelerator="cpu", **options)

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import BASELINE, run_in
-from timit_lit import monitoring
+from timit_lit.callbacks import monitoring
 
 
 def events(run_dir):

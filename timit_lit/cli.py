@@ -1,26 +1,22 @@
 """The command line: ``python -m timit_lit {fit,validate,test,predict} --config ...``.
 
 LightningCLI builds every option from the signatures of :class:`TimitDataModule`, the
-network chosen as ``model.class_path`` (any :class:`~timit_lit.model.PhoneModel`, by
-default the MLP :class:`~timit_lit.model.PhoneClassifier`) and the Trainer. On top of it this module adds what every run of
+network chosen as ``model.class_path`` (any :class:`~timit_lit.models.PhoneModel`, by
+default the MLP :class:`~timit_lit.models.PhoneClassifier`) and the Trainer. On top of it this module adds what every run of
 this task needs whatever the config says: the best-``val/acc`` checkpoint plus
 ``last.ckpt``, the CSV writer for ``predict``, the TensorBoard extras of
-:mod:`timit_lit.monitoring`, the input width and class count linked from the data into
+:mod:`timit_lit.callbacks.monitoring`, the input width and class count linked from the data into
 the model, and one-line errors for bad input.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
-import shlex
 import signal
 import sys
 import warnings
 from pathlib import Path
 
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -29,17 +25,17 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from timit_lit.data import TEST_LABELS, InputError, TimitDataModule
-from timit_lit.decoding import ViterbiEvaluation
-from timit_lit.ensemble import CheckpointEnsemble, ensemble_data_settings
-from timit_lit.model import PhoneModel
-from timit_lit.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
-from timit_lit.phone_errors import PhoneErrorEvaluation
-from timit_lit.prediction import CsvPredictionWriter
-from timit_lit.recurrent import RecurrentPhoneClassifier
-from timit_lit.resume import (AtomicCheckpointIO, LastCheckpoint, ResumeState, find_hpc_checkpoint, find_last_checkpoint,
-                              logger_version, read_checkpoint)
-from timit_lit.trust import one_line_parse_errors
+from timit_lit.callbacks import (AtomicCheckpointIO, CsvPredictionWriter, EpochLearningRate, EpochThroughput,
+                                 LastCheckpoint, PhoneErrorEvaluation, ResumeState, RunConfig, ValidationFigures,
+                                 ViterbiEvaluation)
+from timit_lit.checkpoints import (_best_checkpoint, _first_logger, _hpc_checkpoint, _last_checkpoint, logger_version,
+                                   one_line_parse_errors, read_checkpoint)
+from timit_lit.data import TimitDataModule
+from timit_lit.errors import InputError
+from timit_lit.models import CheckpointEnsemble, PhoneModel, RecurrentPhoneClassifier
+from timit_lit.models.ensemble import ensemble_data_settings
+from timit_lit.runtime import _quiet_known_warnings, _return_large_buffers_to_the_os
+from timit_lit.summary import fit_summary
 
 # Imported so that their short names work on the command line (--model RecurrentPhoneClassifier).
 NETWORKS = (PhoneModel, RecurrentPhoneClassifier, CheckpointEnsemble)
@@ -68,18 +64,18 @@ class TimitCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(CsvPredictionWriter, "prediction")
-        # TensorBoard: learning rate, frames/s and validation figures (timit_lit.monitoring).
+        # TensorBoard: learning rate, frames/s and validation figures (timit_lit.callbacks.monitoring).
         parser.add_lightning_class_args(EpochLearningRate, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
         parser.add_lightning_class_args(EpochThroughput, "throughput")
         parser.add_lightning_class_args(ValidationFigures, "figures")
-        # Viterbi decoding scored in validate / test (off by default; timit_lit.decoding).
+        # Viterbi decoding scored in validate / test (off by default; timit_lit.callbacks.viterbi).
         parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
-        # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.phone_errors).
+        # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.callbacks.phone_errors).
         parser.add_lightning_class_args(PhoneErrorEvaluation, "phone_errors")
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
         # names another PhoneModel as model.class_path; plain `model:` options apply to it.
-        parser.set_defaults({"model": {"class_path": "timit_lit.model.PhoneClassifier"}})
+        parser.set_defaults({"model": {"class_path": "timit_lit.models.PhoneClassifier"}})
         parser.link_arguments("data.steps_per_call", "model.init_args.steps_per_call")
         parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -101,7 +97,7 @@ class TimitCLI(LightningCLI):
             config.ckpt_path = str(find(config))
             rank_zero_info(f"timit_lit: --ckpt_path {asked} is {config.ckpt_path}")
         self._checkpoint = read_checkpoint(config.ckpt_path)
-        if config.model.class_path == "timit_lit.ensemble.CheckpointEnsemble":
+        if config.model.class_path == "timit_lit.models.CheckpointEnsemble":
             # The data its members need (the same from any of its checkpoints as from ckpt_path).
             data = ensemble_data_settings(config.model.init_args.checkpoints)
             self.config = parser.parse_object({subcommand: {"data": data}}, self.config)
@@ -122,7 +118,7 @@ class TimitCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Lightning's step that takes the model's class and arguments from the checkpoint's
         hyper_parameters, done from the file parse_arguments has read and checked
-        (timit_lit.trust), with a value that does not parse reported in one line."""
+        (timit_lit.checkpoints), with a value that does not parse reported in one line."""
         if self._checkpoint is None:
             return
         path, checkpoint = self._checkpoint
@@ -257,163 +253,9 @@ class TimitCLI(LightningCLI):
         _return_large_buffers_to_the_os()
 
 
-def _first_logger(config):
-    """The first logger's config (it decides the run folder): None or True for Lightning's
-    default TensorBoardLogger, False for none, else a ``class_path`` / ``init_args`` namespace."""
-    logger = config.trainer.logger
-    if isinstance(logger, list):
-        return logger[0] if logger else False
-    return logger
-
-
-def _last_checkpoint(config, asked: str = "last") -> Path:
-    """What ``--ckpt_path last`` means: the newest ``last.ckpt`` of the runs kept where this
-    config's logger keeps them (``lightning_logs/version_*/checkpoints/`` by default)."""
-    name = f"{config.last_checkpoint.filename or 'last'}.ckpt"
-    root = Path(config.trainer.default_root_dir or ".")
-    logger = _first_logger(config)
-    if config.last_checkpoint.dirpath:
-        where, pattern = Path(config.last_checkpoint.dirpath), name
-    elif logger is False:  # no logger: Lightning writes to <default_root_dir>/checkpoints
-        where, pattern = root / "checkpoints", name
-    elif logger is None or logger is True:
-        where, pattern = root / "lightning_logs", f"*/checkpoints/{name}"
-    elif "init_args" in logger and logger.init_args.get("save_dir") is not None:
-        where, pattern = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or ""), f"*/checkpoints/{name}"
-    else:
-        raise InputError(f"--ckpt_path {asked}: cannot tell where {logger.class_path} keeps its runs; pass the checkpoint's path")
-    found = find_last_checkpoint(where, pattern)
-    if found is None:
-        what = "to resume from (start without --ckpt_path" if asked == "last" else "of a run (train one first"
-        raise InputError(f"{where}: --ckpt_path {asked} found no {pattern} {what}, or pass a checkpoint's path)")
-    return found
-
-
-def _hpc_checkpoint(config) -> Path:
-    root = Path(config.trainer.default_root_dir or ".")
-    found = find_hpc_checkpoint(root)
-    if found is None:
-        raise InputError(f"{root}: --ckpt_path hpc found no hpc_ckpt_N.ckpt (written on SLURM's requeue signal)")
-    return found
-
-
-def _best_checkpoint(config) -> Path:
-    """What ``--ckpt_path best`` means: the best-``val/acc`` checkpoint of the newest run (the
-    run whose ``last.ckpt`` ``--ckpt_path last`` finds), as its ``last.ckpt`` records it."""
-    last = _last_checkpoint(config, asked="best")
-    saved = read_checkpoint(last)[1].get("callbacks", {})
-    monitor = config.checkpoint.monitor or "val/acc"
-    recorded = next((state.get("best_model_path") for state in saved.values()
-                     if isinstance(state, dict) and state.get("monitor") == monitor), None)
-    if recorded:
-        for candidate in (last.parent / Path(recorded).name, Path(recorded)):  # beside last.ckpt if the run moved
-            if candidate.is_file():
-                return candidate
-    raise InputError(f"{last.parent}: --ckpt_path best: the newest run has no best-{monitor} checkpoint "
-                     f"(was it trained without validation? use --ckpt_path last, or pass a checkpoint's path)")
-
-
 def _logged_step(checkpoint: dict):
     """The step at which the run that saved ``checkpoint`` logged its last values (None if unknown)."""
     return checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
-
-
-def fit_summary(trainer, command_line: list[str]) -> list[str]:
-    """What a finished ``fit`` made, and the commands to run next with the same ``--config``
-    and ``--data`` options: the lines the CLI prints last."""
-    best_callback = next((c for c in trainer.checkpoint_callbacks if not isinstance(c, LastCheckpoint)), None)
-    last_callback = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
-    best = best_callback.best_model_path if best_callback else ""
-    lines = ["", "timit_lit: fit finished"]
-    if best and best_callback.monitor:
-        saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
-        score = best_callback.best_model_score
-        score = f"{float(score):.4f} " if score is not None else ""
-        lines.append(f"  best {best_callback.monitor} {score}at epoch {saved['epoch']}: {_shown(best)}")
-    elif best:
-        lines.append(f"  no validation: the last epoch's checkpoint is {_shown(best)}")
-    last = Path(last_callback.dirpath or Path(best).parent) / f"{last_callback.filename}.ckpt" if last_callback else None
-    if last is not None and last.is_file():
-        lines.append(f"  last epoch (resume with --ckpt_path last): {_shown(last)}")
-        best = best or str(last)
-    tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-    if tensorboard is not None:
-        lines.append(f"  curves: tensorboard --logdir {_shown(tensorboard.root_dir)}")
-    if best:
-        options = _config_and_data_options(command_line)
-        data = trainer.datamodule
-        commands = ["test"] if (Path(data.data_dir) / TEST_LABELS).is_file() else []
-        lines.append("  next:")
-        for command in (*commands, "predict"):
-            lines.append("    " + shlex.join(["python", "-m", "timit_lit", command, *options, "--ckpt_path", _shown(best)]))
-    return lines
-
-
-def _shown(path) -> str:
-    """``path`` relative to the working folder when it lies inside it, else absolute."""
-    path = Path(path).absolute()
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
-
-
-def _config_and_data_options(command_line: list[str]) -> list[str]:
-    """The ``--config`` / ``-c`` and ``--data...`` options of a command line, with their values."""
-    kept, i = [], 0
-    while i < len(command_line):
-        token = command_line[i]
-        name = token.split("=", 1)[0]
-        if name in ("--config", "-c", "--data") or name.startswith("--data."):
-            kept.append(token)
-            if "=" not in token and i + 1 < len(command_line) and not command_line[i + 1].startswith("--"):
-                kept.append(command_line[i + 1])
-                i += 1
-        i += 1
-    return kept
-
-
-def _quiet_known_warnings() -> None:
-    """Silence warnings that are noise for this project, each for a stated reason."""
-    # jsonargparse >= 4.49 deprecations of calls in Lightning's own CLI code, not ours.
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
-    # Batches are slices of a memory map read in the main process: workers do not help.
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    # Metrics are logged per epoch only, so Lightning's per-step logging interval does not apply.
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-    # --optimizer / --lr_scheduler replace PhoneModel.configure_optimizers (Adam at model.lr): that
-    # is what they are for, and docs/configs.md says so (model.lr is then unused).
-    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by .*")
-    # Lightning 2.6 calls a torch pytree API that torch >= 2.10 deprecates.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # Evaluating or branching from a checkpoint: its ModelCheckpoint states (best-k scores) belong
-    # to the run that wrote it, and are not wanted in another folder; nothing to do about it.
-    warnings.filterwarnings("ignore", message=r".*The dirpath has changed from .* won't be reloaded.*")
-    # Lightning's advertisement for its cloud logger, printed by every run.
-    for name in ("pytorch_lightning", "lightning_fabric"):
-        for logger in (logging.getLogger(f"{name}.utilities.rank_zero"), logging.getLogger(name)):
-            if _NoAdvert not in map(type, logger.filters):
-                logger.addFilter(_NoAdvert())
-
-
-class _NoAdvert(logging.Filter):
-    """Drops Lightning's litlogger tip."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
-
-
-def _return_large_buffers_to_the_os() -> None:
-    """Keep glibc from holding on to freed batch buffers during `predict`.
-
-    glibc raises its mmap threshold each time a large buffer is freed, and then serves the
-    next multi-MB buffers (a 4096-row batch, its activations) from the heap, where the
-    outputs `predict` keeps between them stop it from shrinking: on the course's 451,552
-    test rows it grew by ~13 MB per batch, to a 2.7 GB peak. A fixed 1 MB threshold keeps
-    large buffers in their own mappings, returned to the OS when freed (peak 1.4 GB).
-    Not for `fit`: mapping every weight gradient afresh made batch-64 steps ~40% slower.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD, glibc only
-    except (OSError, AttributeError):
-        pass
 
 
 def main(args: list[str] | None = None) -> TimitCLI:

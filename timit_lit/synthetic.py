@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from timit_lit.data.files import FRAME_DIMS
+
 NUM_PHONES = 39
 SILENCE = 38
 STATIC_DIMS = 13
-FRAME_DIMS = 3 * STATIC_DIMS  # static + delta + delta-delta
 CONTEXT = 5  # frames either side of the centre
 ROW_DIMS = FRAME_DIMS * (2 * CONTEXT + 1)  # 429
 FILE_NAMES = ("train_11.npy", "train_label_11.npy", "test_11.npy", "test_label_11.npy")

@@ -14,18 +14,13 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
-from timit_lit.data import TEST_FEATURES, InputError
-from timit_lit.decoding import ViterbiEvaluation
+from timit_lit.callbacks.viterbi import ViterbiEvaluation
+from timit_lit.data.files import TEST_FEATURES
+from timit_lit.errors import InputError, OutputError
 from timit_lit.phones import PHONES
 
 # The class column's name in each submission format.
 CLASS_HEADERS = {"kaggle": "Class", "mle-bench": "ClassId"}
-
-
-class OutputError(InputError):
-    """A file could not be written (disk full, ...): one line, as bad input, but exit status 1."""
-
-    exit_code = 1
 
 
 def check_writable(path: Path, option: str) -> None:

@@ -13,7 +13,7 @@ The CLI adds all of these to every run (see ``cli.py``), each tunable from the c
 
 All of them work from host-side counters or once per epoch: nothing here makes the
 device synchronise on a training step. (The phone error rate and boundary accuracies are
-logged by :mod:`timit_lit.phone_errors`.)
+logged by :mod:`timit_lit.callbacks.phone_errors`.)
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchmetrics.utilities.plot import plot_single_or_multi_val
 
-from timit_lit.phone_errors import dataset_starts, phone_error_rate
+from timit_lit.scoring import dataset_starts, phone_error_rate
 from timit_lit.phones import PHONES
-from timit_lit.synthetic import FRAME_DIMS
-from timit_lit.utterances import segment_offsets
+from timit_lit.data.files import FRAME_DIMS
+from timit_lit.data.utterances import segment_offsets
 
 BEST_METRIC = "hp/best_val_acc"
 

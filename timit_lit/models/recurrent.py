@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from timit_lit.data import InputError
-from timit_lit.model import PhoneModel
+from timit_lit.errors import InputError
+from timit_lit.models.base import PhoneModel
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 

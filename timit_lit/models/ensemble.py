@@ -23,10 +23,11 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
-from timit_lit.data import InputError, TimitDataModule
-from timit_lit.model import PhoneClassifier, PhoneModel
-from timit_lit.resume import read_checkpoint
-from timit_lit.trust import checkpoint_network, parse_error_reason
+from timit_lit.checkpoints import checkpoint_network, parse_error_reason, read_checkpoint
+from timit_lit.data import TimitDataModule
+from timit_lit.errors import InputError
+from timit_lit.models.base import PhoneModel
+from timit_lit.models.mlp import PhoneClassifier
 
 
 # What an ensemble takes from its members' data settings: what defines their input, and the split.
@@ -74,12 +75,16 @@ def ensemble_data_settings(paths: list[str]) -> dict:
 
 def load_member(path: str) -> PhoneModel:
     """A trained model from its checkpoint, of the class it was trained as, for inference."""
-    path, checkpoint = read_checkpoint(path)  # its class checked, not imported (timit_lit.trust)
+    path, checkpoint = read_checkpoint(path)  # its class checked, not imported (timit_lit.checkpoints)
     model_class = checkpoint_network(path, checkpoint) or PhoneClassifier
     if model_class is CheckpointEnsemble:
         raise InputError(f"{path}: holds an ensemble, not a trained phone model")
     try:
-        model = model_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        # The class path as read_checkpoint resolved it (a checkpoint saved before the package
+        # layout of issue 19 names a module that no longer exists).
+        hparams = checkpoint.get("hyper_parameters", {})
+        moved = {"_class_path": hparams["_class_path"]} if "_class_path" in hparams else {}
+        model = model_class.load_from_checkpoint(path, map_location="cpu", weights_only=True, **moved)
     except ArgumentError as error:
         raise InputError(f"{path}: a saved hyperparameter does not parse: {parse_error_reason(error)}") from None
     except Exception as error:

@@ -1,18 +1,7 @@
-"""Loading the HW2-1 ``timit_11`` files and splitting them for training.
-
-The course's feature files are 2-4 GB, so they are memory-mapped, never copied: a batch
-reads its rows straight from the map. The network computes in float32; a float64 file is
-converted once, chunk by chunk, into a float32 cache file beside it, which is then mapped
-in its place (half the memory, and every process of a DDP run on one node shares the
-same pages). Each file is checked once, on first use, and any problem raises
-:class:`InputError` with a message that names the file and what is wrong.
-"""
+"""The HW2-1 files as a LightningDataModule: which rows train, validate, test and predict, and how they are batched."""
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -20,323 +9,22 @@ from typing import Literal, Optional, Union
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader
 
-from timit_lit.row_links import RowsInUtteranceOrder, Utterances, recover_utterances
-from timit_lit.synthetic import has_timit_files, write_synthetic_timit
-from timit_lit.utterances import segment_offsets, utterance_frames, utterance_starts, windows, windows_torch
+from timit_lit import synthetic as synthetic_data  # (the module: it imports timit_lit.data for the file format)
+from timit_lit.data.datasets import FrameDataset, UtteranceDataset, keep_batch
+from timit_lit.data.files import (TEST_FEATURES, TEST_LABELS, TRAIN_FEATURES, TRAIN_LABELS, float32_features, load_labels,
+                                  open_features, report)
+from timit_lit.data.samplers import LengthBucketedOrder
+from timit_lit.data.utterances import ContextWindows, RowsInUtteranceOrder, Utterances, recover_utterances, segment_offsets
+from timit_lit.errors import InputError
 
-TRAIN_FEATURES = "train_11.npy"
-TRAIN_LABELS = "train_label_11.npy"
-TEST_FEATURES = "test_11.npy"
-TEST_LABELS = "test_label_11.npy"
 # The row space of a folder whose utterances are not runs of one file's rows (MLE-bench's
-# shuffled split): all files' rows in utterance order (timit_lit.row_links.RowsInUtteranceOrder).
+# shuffled split): all files' rows in utterance order (timit_lit.data.utterances.RowsInUtteranceOrder).
 RECOVERED = "utterance order"
 # Below this mean length (rows per recovered utterance) the rows form no utterances to speak of.
 MIN_MEAN_UTTERANCE = 3.0
-
-
-class InputError(ValueError):
-    """Bad input: the message names the file and the problem; the CLI prints it on one line."""
-
-
-def map_npy(path: Path) -> np.memmap:
-    """Memory-map a ``.npy`` file, checked to be as long as its header says: a damaged header
-    that claims fewer rows or a narrower dtype would otherwise silently drop the rest."""
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as error:  # numpy raises several types for a file that is not .npy
-        raise InputError(f"{path}: not a readable .npy file ({error})") from error
-    size, expected = path.stat().st_size, array.offset + array.nbytes
-    if size != expected:
-        raise InputError(f"{path}: damaged .npy file: {size:,} bytes, where its header "
-                         f"({array.dtype} {array.shape}) says {expected:,}")
-    return array
-
-
-def open_features(path: Path) -> np.ndarray:
-    """Memory-map a 2-D float feature file (header only; rows are read on demand)."""
-    if not path.is_file():
-        raise InputError(f"{path}: file not found (expected a rows x features .npy array)")
-    features = map_npy(path)
-    if features.ndim != 2:
-        raise InputError(f"{path}: features must be 2-D (rows x features), got shape {features.shape}")
-    if not np.issubdtype(features.dtype, np.floating):
-        raise InputError(f"{path}: features must be floating point, got dtype {features.dtype}")
-    if len(features) == 0:
-        raise InputError(f"{path}: holds no rows")
-    return features
-
-
-def check_finite(path: Path, chunk: np.ndarray, first_row: int = 0) -> None:
-    """Name the first row of ``chunk`` (rows ``first_row...`` of ``path``) that holds NaN or inf."""
-    finite = np.isfinite(chunk).all(axis=1)
-    if not finite.all():
-        raise InputError(f"{path}: row {first_row + int(np.argmin(finite))} holds NaN or inf")
-
-
-def _chunks(n_rows: int, n_cols: int, chunk_bytes: int = 64 << 20):
-    """Row ranges of about ``chunk_bytes`` of float32 each."""
-    step = max(1, chunk_bytes // (4 * n_cols))
-    for start in range(0, n_rows, step):
-        yield start, min(start + step, n_rows)
-
-
-def _report(message: str) -> None:
-    """Progress of a long step, on stderr (once per node: callers run on local rank 0)."""
-    print(f"timit_lit: {message}", file=sys.stderr, flush=True)
-
-
-def float32_features(path: Path, cache_dir: Optional[Path] = None) -> np.ndarray:
-    """The features of ``path`` as a float32 memory map, checked for NaN and inf.
-
-    A float32 file is mapped as it is. A float64 file (the course's) is converted once,
-    64 MB at a time through ordinary reads (so the conversion never holds more than a
-    chunk in memory), into ``cache_dir/<name>``, written under a temporary name and
-    renamed when complete, and stamped with the source's modification time; later runs
-    map the cache while the stamp and shape still match the source.
-    float32 is what the notebook's ``torch.from_numpy(x).float()`` computed in too.
-    """
-    features = open_features(path)
-    if features.dtype == np.float32:
-        for start, stop in _chunks(*features.shape):
-            check_finite(path, features[start:stop], start)
-        return features
-    cache = float32_cache_path(path, cache_dir)
-    if cache.is_file() and cache.stat().st_mtime_ns == path.stat().st_mtime_ns:  # stamped below
-        try:
-            cached = map_npy(cache)
-        except InputError:  # a damaged cache is made again
-            cached = None
-        if cached is not None and cached.shape == features.shape and cached.dtype == np.float32:
-            return cached
-    _convert_to_float32(path, features.shape, features.dtype, features.offset, cache)
-    return np.load(cache, mmap_mode="r")
-
-
-def float32_cache_path(path: Path, cache_dir: Optional[Path] = None) -> Path:
-    """Where the float32 copy of a float64 feature file is kept (default: ``float32_cache/`` beside it)."""
-    return Path(cache_dir or path.parent / "float32_cache") / path.name
-
-
-def _convert_to_float32(path: Path, shape: tuple[int, int], dtype: np.dtype, offset: int, cache: Path) -> None:
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"{cache.parent}: cannot create the float32 cache ({error}); set --data.cache_dir") from error
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")  # per process: nodes may race here
-    started, reported = time.monotonic(), 0
-    _report(f"converting {path} ({shape[0]:,} x {shape[1]} {dtype}) to float32 in {cache} (once)")
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        with open(path, "rb") as source:
-            source.seek(offset)
-            for start, stop in _chunks(*shape):
-                chunk = np.fromfile(source, dtype=dtype, count=(stop - start) * shape[1]).reshape(-1, shape[1])
-                check_finite(path, chunk, start)
-                out[start:stop] = chunk
-                if stop * 10 // shape[0] > reported:  # every 10%
-                    reported = stop * 10 // shape[0]
-                    _report(f"  {path.name}: {10 * reported}% ({time.monotonic() - started:.0f} s)")
-        out.flush()
-        del out
-        source_stat = path.stat()
-        os.utime(tmp, ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns))  # ties the cache to this source
-        os.replace(tmp, cache)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) -> np.ndarray:
-    """Read labels (strings like '12' as in the course files, or integers) as int64, checked."""
-    if not path.is_file():
-        raise InputError(f"{path}: file not found (expected the labels of {features_path.name})")
-    raw = map_npy(path)
-    if raw.ndim != 1:
-        raise InputError(f"{path}: labels must be 1-D, got shape {raw.shape}")
-    if len(raw) != n_rows:
-        raise InputError(f"{path}: {len(raw)} labels for {n_rows} feature rows in {features_path.name}")
-    if raw.dtype.kind in "US":
-        try:
-            labels = raw.astype(np.int64)
-        except Exception as error:  # ValueError; OverflowError; SystemError for bytes that are no characters
-            bad = next((i for i in range(len(raw)) if not _integer_text(raw, i)), None)
-            if bad is None:
-                raise InputError(f"{path}: labels do not convert to integers ({error})") from None
-            raise InputError(f"{path}: label {_shown(raw, bad)} at row {bad} is not an integer") from None
-    elif raw.dtype.kind in "iu":
-        labels = raw.astype(np.int64)
-    elif raw.dtype.kind == "f":
-        integral = np.isfinite(raw) & (raw == np.round(raw))
-        if not integral.all():
-            bad = int(np.argmin(integral))
-            raise InputError(f"{path}: label {raw[bad]} at row {bad} is not an integer")
-        labels = raw.astype(np.int64)
-    else:
-        raise InputError(f"{path}: labels must be integers or strings of integers, got dtype {raw.dtype}")
-    outside = (labels < 0) | (labels >= num_classes)
-    if outside.any():
-        bad = int(np.argmax(outside))
-        raise InputError(f"{path}: label {labels[bad]} at row {bad} is outside 0..{num_classes - 1}")
-    return labels
-
-
-def _integer_text(raw: np.ndarray, row: int) -> bool:
-    try:
-        digits = str(raw[row]).strip().lstrip("+-")
-    except Exception:  # a damaged string (SystemError for code points beyond Unicode)
-        return False
-    return digits.isascii() and digits.isdigit()
-
-
-def _shown(raw: np.ndarray, row: int) -> str:
-    try:
-        return repr(str(raw[row]))
-    except Exception:
-        return "(not text)"
-
-
-class FrameDataset(Dataset):
-    """Some ``rows`` of a feature matrix (all by default), served a whole batch per call.
-
-    ``__getitems__`` lets the DataLoader fetch a batch with one fancy-indexing read of the
-    memory map instead of one call per row and a collate. Each item is ``(features,
-    label)``, or ``(features, row id)`` when there are no labels, so that predictions made
-    on several processes can be put back in file order. With ``ids_only`` it serves just
-    the row ids, for features that already sit on the accelerator (see
-    :meth:`TimitDataModule.on_after_batch_transfer`).
-    """
-
-    def __init__(
-        self,
-        features,
-        labels: Optional[np.ndarray],
-        rows: Optional[np.ndarray] = None,
-        ids_only: bool = False,
-    ):
-        self.features = features  # a feature matrix, or ContextWindows: anything indexed by rows
-        self.labels = labels
-        self.rows = torch.as_tensor(np.arange(len(features)) if rows is None else rows, dtype=torch.int64)
-        self.ids_only = ids_only
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitems__(self, indices: list[int]):
-        rows = self.rows[indices]
-        if self.ids_only:
-            return rows
-        x = torch.from_numpy(self.features[rows.numpy()])
-        y = torch.from_numpy(self.labels[rows.numpy()]) if self.labels is not None else rows
-        return x, y
-
-    def __getitem__(self, index: int):
-        batch = self.__getitems__([index])
-        return batch[0] if self.ids_only else (batch[0][0], batch[1][0])
-
-
-class UtteranceDataset(Dataset):
-    """Whole utterances of a ``timit_11`` file, for sequence models: each item is one
-    stretch of consecutive ``rows`` inside one utterance (a whole utterance, unless the
-    rows leave part of it out), a batch of them served per call, zero-padded to the longest.
-
-    A batch is ``(features, targets, lengths)``: ``utterances x frames x features``,
-    ``utterances x frames`` (labels, or row ids when there are no labels, so predictions
-    find their place in the file; -1 in the padding and at frames whose label the split
-    does not score: test rows and held-out labels inside an utterance, which stay in the
-    input) and each utterance's real length.
-    ``rows`` and ``labels`` are those of :class:`FrameDataset`: the frames served, in order.
-    """
-
-    def __init__(self, features, labels: Optional[np.ndarray], rows: np.ndarray, starts: np.ndarray):
-        self.features = features  # a feature matrix or ContextWindows, indexed by row ids
-        self.labels = labels
-        self.rows = torch.as_tensor(rows, dtype=torch.int64)
-        # Utterance i is self.rows[offsets[i]:offsets[i+1]].
-        self.offsets = segment_offsets(rows, starts) if len(rows) else np.zeros(1, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitems__(self, indices: list[int]):
-        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
-        lengths = torch.tensor([stop - start for start, stop in spans], dtype=torch.int64)
-        width = self.features.shape[1] if isinstance(self.features, np.ndarray) else self.features.width_features
-        x = torch.zeros(len(spans), int(lengths.max()), width)
-        y = torch.full((len(spans), int(lengths.max())), -1, dtype=torch.int64)
-        for i, (start, stop) in enumerate(spans):
-            rows = self.rows[start:stop].numpy()
-            x[i, : stop - start] = torch.from_numpy(np.asarray(self.features[rows]))
-            y[i, : stop - start] = torch.from_numpy(self.labels[rows]) if self.labels is not None else self.rows[start:stop]
-        return x, y, lengths
-
-    def __getitem__(self, index: int):
-        x, y, lengths = self.__getitems__([index])
-        return x[0], y[0], lengths[0]
-
-
-class LengthBucketedOrder(Sampler[int]):
-    """A shuffled order of utterances in which each run of ``batch_size`` has similar lengths,
-    so that padded batches hold little padding.
-
-    Each epoch: shuffle, cut into pools of ``pool_batches`` batches, sort each pool by
-    length, cut it into batches, shuffle the batches. Drawn from torch's global generator,
-    like the DataLoader's own shuffling, so ``seed_everything`` and resuming cover it. Under
-    DDP Lightning deals the order out to the processes row by row, and neighbours in it
-    have similar lengths, so each process's batches do too.
-    """
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, pool_batches: int = 50):
-        self.lengths = torch.as_tensor(lengths)
-        self.batch_size, self.pool = batch_size, batch_size * pool_batches
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        order = torch.randperm(len(self.lengths))
-        pools = [pool[self.lengths[pool].argsort(stable=True)] for pool in order.split(self.pool)]
-        batches = torch.cat(pools).split(self.batch_size)
-        return iter(torch.cat([batches[i] for i in torch.randperm(len(batches))]).tolist())
-
-
-def keep_batch(batch):
-    """Collate for :class:`FrameDataset`: its ``__getitems__`` already returns a batch."""
-    return batch
-
-
-class ContextWindows:
-    """The rows of a ``timit_11`` file rebuilt as windows of ``width`` frames: indexed by row
-    ids like the feature matrix itself, built per batch from each utterance's frames (see
-    :mod:`timit_lit.utterances`), never across an utterance boundary, never materialised."""
-
-    def __init__(self, features: np.ndarray, width: int, starts: Optional[np.ndarray] = None):
-        self.starts = utterance_starts(features) if starts is None else starts
-        self.frames = utterance_frames(features, self.starts)
-        self.width = width
-        self.width_features = width * self.frames.shape[1]
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
-        return windows(self.frames, self.starts, rows, self.width)
-
-    def to(self, device: torch.device) -> "_DeviceWindows":
-        return _DeviceWindows(torch.from_numpy(self.frames).to(device), torch.from_numpy(self.starts).to(device), self.width)
-
-
-class _DeviceWindows:
-    """:class:`ContextWindows` with its frames on the accelerator."""
-
-    def __init__(self, frames: torch.Tensor, starts: torch.Tensor, width: int):
-        self.frames, self.starts, self.width, self.is_cuda = frames, starts, width, frames.is_cuda
-
-    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        return windows_torch(self.frames, self.starts, rows, self.width)
 
 
 class TimitDataModule(pl.LightningDataModule):
@@ -352,7 +40,7 @@ class TimitDataModule(pl.LightningDataModule):
             ``steps_per_call: 1``, with Lightning's per-step overhead paid once per
             ``steps_per_call`` steps (Keras calls this ``steps_per_execution``). ``auto``
             (the default): the model chooses when the fit starts
-            (:class:`timit_lit.model.PhoneClassifier`); 1 for any other model.
+            (:class:`timit_lit.models.PhoneClassifier`); 1 for any other model.
         eval_batch_size: batch size for validate, test and predict (no gradients are kept).
         val_ratio: the fraction of the training rows that validates; 0 trains on
             everything and skips validation.
@@ -377,7 +65,7 @@ class TimitDataModule(pl.LightningDataModule):
         batch_by: ``rows``: batches of ``batch_size`` rows (frames), for frame classifiers;
             ``utterances``: batches of ``batch_size`` whole utterances (``eval_batch_size``
             for evaluation), recovered from the rows' overlap and zero-padded, for
-            sequence models such as :class:`timit_lit.recurrent.RecurrentPhoneClassifier`.
+            sequence models such as :class:`timit_lit.models.RecurrentPhoneClassifier`.
         bucket_by_length: with ``batch_by: utterances``, train on batches of utterances of
             similar lengths (:class:`LengthBucketedOrder`) rather than random ones: on the
             replica at 16 utterances per batch the padded batches hold about 1.01x the real
@@ -439,8 +127,8 @@ class TimitDataModule(pl.LightningDataModule):
         self.batch_by = batch_by
         self.bucket_by_length = bucket_by_length
         self.features_on_device = features_on_device
-        if synthetic and not has_timit_files(self.data_dir):
-            write_synthetic_timit(self.data_dir)
+        if synthetic and not synthetic_data.has_timit_files(self.data_dir):
+            synthetic_data.write_synthetic_timit(self.data_dir)
         # The model's input width comes from the data; reading an .npy header is cheap.
         if not self.data_dir.is_dir():
             raise InputError(f"{self.data_dir}: data folder not found (expected {TRAIN_FEATURES}, {TRAIN_LABELS}, {TEST_FEATURES})")
@@ -465,13 +153,13 @@ class TimitDataModule(pl.LightningDataModule):
 
     def utterances(self) -> Utterances:
         """The utterances of every feature file of the folder together
-        (:func:`timit_lit.row_links.recover_utterances`: rows in any order, an utterance's
+        (:func:`timit_lit.data.utterances.recover_utterances`: rows in any order, an utterance's
         rows possibly in several files), recovered once, said in one line on stderr, and kept."""
         if self._utterances is None:
             files = self.feature_files()
             self._utterances = recover_utterances([self._features(name) for name in files])
             if rank_zero_only.rank == 0:
-                _report(self._describe(files, self._utterances))
+                report(self._describe(files, self._utterances))
         return self._utterances
 
     def _describe(self, files: list[str], found: Utterances) -> str:

@@ -10,16 +10,13 @@ The pieces, all used by the CLI:
   cluster preempting the job).
 - :class:`AtomicCheckpointIO`: checkpoints written under a temporary name beside the
   target and renamed, so a kill never leaves a truncated ``last.ckpt``.
-- :func:`find_last_checkpoint` and :func:`find_hpc_checkpoint`: what ``--ckpt_path last``
-  and ``--ckpt_path hpc`` mean on the command line; :func:`read_checkpoint` opens a
-  checkpoint file given by the user, with one-line errors.
+
+What ``--ckpt_path last`` / ``hpc`` mean, and reading a checkpoint, are in :mod:`timit_lit.checkpoints`.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,8 +29,6 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from timit_lit.data import InputError
-from timit_lit.trust import checkpoint_network
 from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_states
 
 CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
@@ -131,83 +126,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def find_last_checkpoint(root: Path, pattern: str = "*/checkpoints/last.ckpt") -> Optional[Path]:
-    """The newest file matching ``pattern`` under ``root`` (e.g. ``lightning_logs``), by
-    modification time.
-
-    Modification time rather than the version number: a resumed run writes into its
-    original, lower-numbered folder, so the checkpoint written last, not the folder made
-    last, is the state of the run that was running last (Lightning's own ``last`` picks
-    by modification time too).
-    """
-    candidates = [p for p in root.glob(pattern) if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
-
-
-def find_hpc_checkpoint(root_dir: Path) -> Optional[Path]:
-    """Lightning's ``hpc`` checkpoint: the highest ``hpc_ckpt_N.ckpt`` in the Trainer's
-    ``default_root_dir``, written on SLURM's requeue signal."""
-    numbered = {int(p.stem.split("_")[-1]): p for p in root_dir.glob("hpc_ckpt_*.ckpt") if p.stem.split("_")[-1].isdigit()}
-    return numbered[max(numbered)] if numbered else None
-
-
-def logger_version(checkpoint: dict, path: Path) -> Any:
-    """The logger version the run that saved ``checkpoint`` wrote to: recorded by
-    :class:`ResumeState`, or, for checkpoints saved before it existed, the
-    ``version_N`` folder that holds ``checkpoints/last.ckpt``."""
-    recorded = checkpoint.get(CHECKPOINT_KEY, {}).get("logger_version")
-    if recorded is not None:
-        return recorded
-    folder = path.parent.parent.name
-    return int(folder[len("version_") :]) if folder.startswith("version_") and folder[8:].isdigit() else folder
-
-
-# ckpt_path values that Lightning resolves itself rather than reading a file.
-_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
-
-
-def read_checkpoint(path) -> Optional[tuple[str, dict]]:
-    """The path and contents of a checkpoint file, checked: read without
-    unpickling code, and naming no network but a known one (:mod:`timit_lit.trust`). None
-    for no path and for Lightning's special values such as ``best``, which it resolves itself."""
-    if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
-        return None
-    if not Path(path).is_file():
-        raise InputError(f"{path}: checkpoint file not found")
-    _check_zip(path)
-    try:
-        # Read whole, not memory-mapped: torch then checks each tensor against the size of its
-        # zip member, where a map would read past a short one into the next (or past the end).
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        if "Weights only load failed" in str(error):  # torch refused a pickled object: say what, not "retry unsafely"
-            found = re.search(r"GLOBAL (\S+)", str(error))
-            raise InputError(f"{path}: not a readable checkpoint: it holds a pickled object "
-                             f"{found.group(1) if found else '(not a tensor or plain value)'}, "
-                             f"and checkpoints are read as weights only") from None
-        raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    weights = checkpoint["state_dict"]
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise InputError(f"{path}: damaged checkpoint (its state_dict is not a mapping of names to tensors)")
-    if not isinstance(checkpoint.get("datamodule_hyper_parameters", {}), dict):
-        raise InputError(f"{path}: damaged checkpoint (its datamodule_hyper_parameters is not a mapping)")
-    checkpoint_network(str(path), checkpoint)  # before anything resolves the class it names
-    return str(path), checkpoint
-
-
-def _check_zip(path) -> None:
-    """A checkpoint's members checked against their CRCs: torch reads tensors without
-    checking, so a damaged byte in a shared file would silently change the weights."""
-    if not zipfile.is_zipfile(path):
-        return  # torch.load says what it is not
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except Exception as error:  # zipfile raises several types for a damaged archive
-        raise InputError(f"{path}: damaged checkpoint ({type(error).__name__}: {error})") from None
-    if bad is not None:
-        raise InputError(f"{path}: damaged checkpoint ({bad} does not match its checksum)")

@@ -31,7 +31,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.nn import functional as F
 
-from timit_lit.monitoring import EpochThroughput
+from timit_lit.callbacks.monitoring import EpochThroughput
 
 WARMUP_STEPS = 3
 # ``data.steps_per_call: auto`` hands the model about this many rows per Lightning step; from

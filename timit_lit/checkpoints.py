@@ -1,0 +1,259 @@
+"""Checkpoints: finding them (``--ckpt_path last`` / ``best`` / ``hpc``), reading them, trusting them.
+
+Checkpoints from others are taken as data, never as code.
+
+Checkpoints travel (students share them, ensembles take other people's), so nothing read
+from one may run code. ``torch.load(weights_only=True)`` (:func:`read_checkpoint`)
+keeps the pickle inside from running any; what is left is the network class a checkpoint
+names in ``hyper_parameters._class_path``: LightningCLI and ``load_from_checkpoint`` build
+the model from it, and resolving a dotted name imports its module, which runs that
+module's code. So a checkpoint's class is looked up here among what is already imported
+(the project's networks, and the network the user's config or command line named, which
+the parser imported), never imported, and refused unless it is a :class:`PhoneModel`.
+Its other hyperparameters must be arguments of that class, and name no classes at all
+(the project's networks take plain values).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import zipfile
+from argparse import ArgumentError
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+
+from timit_lit.callbacks.resume import CHECKPOINT_KEY
+from timit_lit.errors import InputError
+
+# Networks' class paths before the package layout of issue 19, as checkpoints saved then name
+# them in hyper_parameters._class_path, and where those classes are now.
+MOVED_CLASS_PATHS = {
+    "timit_lit.model.PhoneModel": "timit_lit.models.PhoneModel",
+    "timit_lit.model.PhoneClassifier": "timit_lit.models.PhoneClassifier",
+    "timit_lit.recurrent.RecurrentPhoneClassifier": "timit_lit.models.RecurrentPhoneClassifier",
+    "timit_lit.ensemble.CheckpointEnsemble": "timit_lit.models.CheckpointEnsemble",
+}
+
+
+def find_last_checkpoint(root: Path, pattern: str = "*/checkpoints/last.ckpt") -> Optional[Path]:
+    """The newest file matching ``pattern`` under ``root`` (e.g. ``lightning_logs``), by
+    modification time.
+
+    Modification time rather than the version number: a resumed run writes into its
+    original, lower-numbered folder, so the checkpoint written last, not the folder made
+    last, is the state of the run that was running last (Lightning's own ``last`` picks
+    by modification time too).
+    """
+    candidates = [p for p in root.glob(pattern) if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def find_hpc_checkpoint(root_dir: Path) -> Optional[Path]:
+    """Lightning's ``hpc`` checkpoint: the highest ``hpc_ckpt_N.ckpt`` in the Trainer's
+    ``default_root_dir``, written on SLURM's requeue signal."""
+    numbered = {int(p.stem.split("_")[-1]): p for p in root_dir.glob("hpc_ckpt_*.ckpt") if p.stem.split("_")[-1].isdigit()}
+    return numbered[max(numbered)] if numbered else None
+
+
+def logger_version(checkpoint: dict, path: Path) -> Any:
+    """The logger version the run that saved ``checkpoint`` wrote to: recorded by
+    :class:`ResumeState`, or, for checkpoints saved before it existed, the
+    ``version_N`` folder that holds ``checkpoints/last.ckpt``."""
+    recorded = checkpoint.get(CHECKPOINT_KEY, {}).get("logger_version")
+    if recorded is not None:
+        return recorded
+    folder = path.parent.parent.name
+    return int(folder[len("version_") :]) if folder.startswith("version_") and folder[8:].isdigit() else folder
+
+
+def _first_logger(config):
+    """The first logger's config (it decides the run folder): None or True for Lightning's
+    default TensorBoardLogger, False for none, else a ``class_path`` / ``init_args`` namespace."""
+    logger = config.trainer.logger
+    if isinstance(logger, list):
+        return logger[0] if logger else False
+    return logger
+
+
+def _last_checkpoint(config, asked: str = "last") -> Path:
+    """What ``--ckpt_path last`` means: the newest ``last.ckpt`` of the runs kept where this
+    config's logger keeps them (``lightning_logs/version_*/checkpoints/`` by default)."""
+    name = f"{config.last_checkpoint.filename or 'last'}.ckpt"
+    root = Path(config.trainer.default_root_dir or ".")
+    logger = _first_logger(config)
+    if config.last_checkpoint.dirpath:
+        where, pattern = Path(config.last_checkpoint.dirpath), name
+    elif logger is False:  # no logger: Lightning writes to <default_root_dir>/checkpoints
+        where, pattern = root / "checkpoints", name
+    elif logger is None or logger is True:
+        where, pattern = root / "lightning_logs", f"*/checkpoints/{name}"
+    elif "init_args" in logger and logger.init_args.get("save_dir") is not None:
+        where, pattern = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or ""), f"*/checkpoints/{name}"
+    else:
+        raise InputError(f"--ckpt_path {asked}: cannot tell where {logger.class_path} keeps its runs; pass the checkpoint's path")
+    found = find_last_checkpoint(where, pattern)
+    if found is None:
+        what = "to resume from (start without --ckpt_path" if asked == "last" else "of a run (train one first"
+        raise InputError(f"{where}: --ckpt_path {asked} found no {pattern} {what}, or pass a checkpoint's path)")
+    return found
+
+
+def _hpc_checkpoint(config) -> Path:
+    root = Path(config.trainer.default_root_dir or ".")
+    found = find_hpc_checkpoint(root)
+    if found is None:
+        raise InputError(f"{root}: --ckpt_path hpc found no hpc_ckpt_N.ckpt (written on SLURM's requeue signal)")
+    return found
+
+
+def _best_checkpoint(config) -> Path:
+    """What ``--ckpt_path best`` means: the best-``val/acc`` checkpoint of the newest run (the
+    run whose ``last.ckpt`` ``--ckpt_path last`` finds), as its ``last.ckpt`` records it."""
+    last = _last_checkpoint(config, asked="best")
+    saved = read_checkpoint(last)[1].get("callbacks", {})
+    monitor = config.checkpoint.monitor or "val/acc"
+    recorded = next((state.get("best_model_path") for state in saved.values()
+                     if isinstance(state, dict) and state.get("monitor") == monitor), None)
+    if recorded:
+        for candidate in (last.parent / Path(recorded).name, Path(recorded)):  # beside last.ckpt if the run moved
+            if candidate.is_file():
+                return candidate
+    raise InputError(f"{last.parent}: --ckpt_path best: the newest run has no best-{monitor} checkpoint "
+                     f"(was it trained without validation? use --ckpt_path last, or pass a checkpoint's path)")
+
+
+# ckpt_path values that Lightning resolves itself rather than reading a file.
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def read_checkpoint(path) -> Optional[tuple[str, dict]]:
+    """The path and contents of a checkpoint file, checked: read without
+    unpickling code, and naming no network but a known one (:func:`checkpoint_network`). None
+    for no path and for Lightning's special values such as ``best``, which it resolves itself."""
+    if not path or path in _SPECIAL_CKPT_PATHS or str(path).startswith("registry:"):
+        return None
+    if not Path(path).is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    _check_zip(path)
+    try:
+        # Read whole, not memory-mapped: torch then checks each tensor against the size of its
+        # zip member, where a map would read past a short one into the next (or past the end).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if "Weights only load failed" in str(error):  # torch refused a pickled object: say what, not "retry unsafely"
+            found = re.search(r"GLOBAL (\S+)", str(error))
+            raise InputError(f"{path}: not a readable checkpoint: it holds a pickled object "
+                             f"{found.group(1) if found else '(not a tensor or plain value)'}, "
+                             f"and checkpoints are read as weights only") from None
+        raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise InputError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    weights = checkpoint["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError(f"{path}: damaged checkpoint (its state_dict is not a mapping of names to tensors)")
+    if not isinstance(checkpoint.get("datamodule_hyper_parameters", {}), dict):
+        raise InputError(f"{path}: damaged checkpoint (its datamodule_hyper_parameters is not a mapping)")
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, dict) and hparams.get("_class_path") in MOVED_CLASS_PATHS:
+        hparams["_class_path"] = MOVED_CLASS_PATHS[hparams["_class_path"]]
+    checkpoint_network(str(path), checkpoint)  # before anything resolves the class it names
+    return str(path), checkpoint
+
+
+def _check_zip(path) -> None:
+    """A checkpoint's members checked against their CRCs: torch reads tensors without
+    checking, so a damaged byte in a shared file would silently change the weights."""
+    if not zipfile.is_zipfile(path):
+        return  # torch.load says what it is not
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as error:  # zipfile raises several types for a damaged archive
+        raise InputError(f"{path}: damaged checkpoint ({type(error).__name__}: {error})") from None
+    if bad is not None:
+        raise InputError(f"{path}: damaged checkpoint ({bad} does not match its checksum)")
+
+
+# Keys LightningCLI adds to the hyperparameters it saves; load_from_checkpoint allows only its own instantiator.
+_LIGHTNING_KEYS = ("_class_path", "_instantiator")
+
+
+def imported_object(dotted: str) -> Any:
+    """What ``dotted`` (``package.module.Name``) names, if its module is already imported;
+    else None. Imports nothing and calls no module ``__getattr__`` (which may import)."""
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        found = sys.modules.get(".".join(parts[:split]))
+        if found is None:
+            continue
+        for name in parts[split:]:
+            found = getattr(found, "__dict__", {}).get(name)
+        return found
+    return None
+
+
+def checkpoint_network(path: str, checkpoint: dict) -> Optional[type]:
+    """The network class ``checkpoint`` names, checked (None if it names none); its
+    hyperparameters checked against it. Raises InputError naming the file."""
+    hparams = checkpoint.get("hyper_parameters", {})
+    if not isinstance(hparams, dict) or not all(isinstance(key, str) for key in hparams):
+        raise InputError(f"{path}: hyper_parameters is not a mapping of names to values")
+    for where, name in _class_paths(hparams, "hyper_parameters"):
+        if where != "hyper_parameters._class_path":
+            raise InputError(f"{path}: {where} names a class ({name!r}); a checkpoint may name only its network")
+    if "_class_path" not in hparams:
+        return None
+    class_path = hparams["_class_path"]
+    from timit_lit.models import PhoneModel  # here, not above: the ensemble (in models) reads its members here
+
+    network = imported_object(class_path) if isinstance(class_path, str) else None
+    if not (isinstance(network, type) and issubclass(network, PhoneModel)):
+        raise InputError(f"{path}: names the network {class_path!r}, which is not a PhoneModel known here (a "
+                         f"checkpoint's class is never imported; name your own network as model.class_path)")
+    parameters = inspect.signature(network.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = [key for key in hparams if key not in parameters and key not in _LIGHTNING_KEYS]
+        if unknown:
+            raise InputError(f"{path}: hyper_parameters.{unknown[0]} is not an argument of {class_path}")
+    return network
+
+
+def _class_paths(value: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """``(place, class name)`` for every class path in a checkpoint's nested values."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("class_path", "_class_path"):
+                yield f"{where}.{key}", item
+            yield from _class_paths(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _class_paths(item, f"{where}[{i}]")
+
+
+def parse_error_reason(error: ArgumentError) -> str:
+    """jsonargparse's multi-line report cut to its innermost ``key: reason`` (nested unions
+    repeat the outer keys)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    keys = [i for i, line in enumerate(lines[:-1]) if line.startswith("Parser key")]
+    if not keys:
+        return lines[0] if lines else "rejected"
+    key = lines[keys[-1]][len("Parser key"):].strip().strip(':"').removeprefix("module.")  # load_from_checkpoint's
+    return f"{key}: {lines[keys[-1] + 1]}"
+
+
+@contextmanager
+def one_line_parse_errors(parser, path: str) -> Iterator[None]:
+    """Values from the checkpoint at ``path`` that ``parser`` rejects give one InputError
+    naming the file and the value, rather than jsonargparse's usage and multi-line report."""
+    exit_on_error, parser.exit_on_error = parser.exit_on_error, False
+    try:
+        yield
+    except ArgumentError as error:
+        raise InputError(f"{path}: a saved hyperparameter does not parse: {parse_error_reason(error)}") from None
+    finally:
+        parser.exit_on_error = exit_on_error

@@ -1,0 +1,95 @@
+"""The datasets a split is served from: rows (frames) or whole utterances, a batch per call."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from timit_lit.data.utterances import segment_offsets
+
+
+class FrameDataset(Dataset):
+    """Some ``rows`` of a feature matrix (all by default), served a whole batch per call.
+
+    ``__getitems__`` lets the DataLoader fetch a batch with one fancy-indexing read of the
+    memory map instead of one call per row and a collate. Each item is ``(features,
+    label)``, or ``(features, row id)`` when there are no labels, so that predictions made
+    on several processes can be put back in file order. With ``ids_only`` it serves just
+    the row ids, for features that already sit on the accelerator (see
+    :meth:`TimitDataModule.on_after_batch_transfer`).
+    """
+
+    def __init__(
+        self,
+        features,
+        labels: Optional[np.ndarray],
+        rows: Optional[np.ndarray] = None,
+        ids_only: bool = False,
+    ):
+        self.features = features  # a feature matrix, or ContextWindows: anything indexed by rows
+        self.labels = labels
+        self.rows = torch.as_tensor(np.arange(len(features)) if rows is None else rows, dtype=torch.int64)
+        self.ids_only = ids_only
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: list[int]):
+        rows = self.rows[indices]
+        if self.ids_only:
+            return rows
+        x = torch.from_numpy(self.features[rows.numpy()])
+        y = torch.from_numpy(self.labels[rows.numpy()]) if self.labels is not None else rows
+        return x, y
+
+    def __getitem__(self, index: int):
+        batch = self.__getitems__([index])
+        return batch[0] if self.ids_only else (batch[0][0], batch[1][0])
+
+
+class UtteranceDataset(Dataset):
+    """Whole utterances of a ``timit_11`` file, for sequence models: each item is one
+    stretch of consecutive ``rows`` inside one utterance (a whole utterance, unless the
+    rows leave part of it out), a batch of them served per call, zero-padded to the longest.
+
+    A batch is ``(features, targets, lengths)``: ``utterances x frames x features``,
+    ``utterances x frames`` (labels, or row ids when there are no labels, so predictions
+    find their place in the file; -1 in the padding and at frames whose label the split
+    does not score: test rows and held-out labels inside an utterance, which stay in the
+    input) and each utterance's real length.
+    ``rows`` and ``labels`` are those of :class:`FrameDataset`: the frames served, in order.
+    """
+
+    def __init__(self, features, labels: Optional[np.ndarray], rows: np.ndarray, starts: np.ndarray):
+        self.features = features  # a feature matrix or ContextWindows, indexed by row ids
+        self.labels = labels
+        self.rows = torch.as_tensor(rows, dtype=torch.int64)
+        # Utterance i is self.rows[offsets[i]:offsets[i+1]].
+        self.offsets = segment_offsets(rows, starts) if len(rows) else np.zeros(1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitems__(self, indices: list[int]):
+        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        lengths = torch.tensor([stop - start for start, stop in spans], dtype=torch.int64)
+        width = self.features.shape[1] if isinstance(self.features, np.ndarray) else self.features.width_features
+        x = torch.zeros(len(spans), int(lengths.max()), width)
+        y = torch.full((len(spans), int(lengths.max())), -1, dtype=torch.int64)
+        for i, (start, stop) in enumerate(spans):
+            rows = self.rows[start:stop].numpy()
+            x[i, : stop - start] = torch.from_numpy(np.asarray(self.features[rows]))
+            y[i, : stop - start] = torch.from_numpy(self.labels[rows]) if self.labels is not None else self.rows[start:stop]
+        return x, y, lengths
+
+    def __getitem__(self, index: int):
+        x, y, lengths = self.__getitems__([index])
+        return x[0], y[0], lengths[0]
+
+
+def keep_batch(batch):
+    """Collate for :class:`FrameDataset`: its ``__getitems__`` already returns a batch."""
+    return batch
