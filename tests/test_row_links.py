@@ -134,3 +134,10 @@ def test_real_speech_mlebench_split_recovers_the_replica_utterances(tmp_path):
     starts = utterance_starts(ordered)
     assert len(starts) - 1 == 120
     assert as_sets(found, source_row) == sorted(tuple(range(a, b)) for a, b in zip(starts[:-1], starts[1:]))
+
+
+def test_an_utterance_across_two_files_is_not_in_file_order():
+    (rows,) = rows_of([6])
+    found = recover_utterances([rows[:4], rows[4:]])
+    assert found.order.tolist() == list(range(6)) and found.lengths.tolist() == [6]
+    assert not found.in_file_order

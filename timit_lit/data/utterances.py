@@ -254,7 +254,7 @@ class Utterances:
     @property
     def in_file_order(self) -> bool:
         """Whether every utterance is a run of consecutive rows of one file (the course's files)."""
-        return bool(np.array_equal(self.order, np.arange(len(self.order))))
+        return bool(np.array_equal(self.order, np.arange(len(self.order))) and np.isin(self.file_starts, self.offsets).all())
 
     def utterance_of(self) -> np.ndarray:
         """The utterance of each combined row id."""
