@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from timit_lit.cli import main
 from timit_lit.synthetic import write_synthetic_timit
@@ -55,3 +56,13 @@ def best_checkpoint(trained_run, tmp_path_factory) -> Path:
     copy = tmp_path_factory.mktemp("best") / best.name
     shutil.copy2(best, copy)
     return copy
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests need a CUDA device: skipped, saying so, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -19,3 +19,15 @@ class SignalAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), self.signum)
+
+
+class CrashAt(Callback):
+    """Raises at a chosen batch, in-process: the run stops there, its last.ckpt that of the epoch before."""
+
+    def __init__(self, epoch: int = 1, batch: int = 0):
+        self.epoch = epoch
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise RuntimeError(f"crash at epoch {self.epoch}, batch {self.batch}")

@@ -1,5 +1,6 @@
 """The data module: split, order, label parsing, dtypes, batching."""
 
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -153,6 +154,34 @@ def test_utterance_split_keeps_utterances_whole(tmp_path):
     assert not set(utterance_of[train]) & set(utterance_of[val])  # no utterance cut in two
     assert 0.2 * n_rows <= len(val) < 0.2 * n_rows + max(lengths)
     assert np.array_equal(split(0)[1], val) and not np.array_equal(split(1)[1], val)
+
+
+def mapped_files() -> str:
+    """The files this process has memory-mapped now (Linux: /proc/self/maps)."""
+    return Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_training_file_stays_mapped_only_while_its_rows_are_read(tiny_data, tmp_path):
+    # A map's pages, once read, count in the process's resident memory while it lives: a fit
+    # that copied out what it uses (context windows) must not keep the file mapped.
+    data = copy_data(tiny_data, tmp_path / "d")
+    train = str(data / "train_11.npy")
+    rows = TimitDataModule(str(data), context=11, batch_by="rows")
+    rows.setup("fit")
+    assert train in mapped_files()  # its batches are read from the map
+    rows.utterance_starts("train_11.npy")  # later questions reuse that one map
+    assert mapped_files().count(train) == 1
+    del rows
+    gc.collect()  # the data module is in reference cycles
+    assert train not in mapped_files()
+    for windows in (TimitDataModule(str(data), context=1, batch_by="utterances", val_ratio=0.0),
+                    TimitDataModule(str(data), context=21, split="utterance")):
+        windows.setup("fit")
+        assert train not in mapped_files()
+        assert len(next(iter(windows.train_dataloader()))) >= 2  # batches are served from the copied frames
+        windows.utterance_starts("test_11.npy")  # maps the test file, reads it, and lets it go
+        assert str(data / "test_11.npy") not in mapped_files()
 
 
 def test_context_windows_of_any_odd_width(tiny_data):

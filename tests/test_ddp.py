@@ -1,19 +1,24 @@
 """DDP on CPU, as real separate processes (`python -m timit_lit ... --trainer.strategy ddp`)."""
 
+import json
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import BASELINE, QUIET, REPO, run_in
+from timit_lit.data.utterances import utterance_starts
+from utterance_log import utterance_key
 
 DDP2 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
 def timit_lit(cwd, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The tests folder on the path: helper callbacks (utterance_log.py) load by class path.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
     result = subprocess.run([sys.executable, "-m", "timit_lit", *args, *QUIET], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,3 +71,28 @@ def test_recurrent_fit_and_predict_on_two_processes(tiny_data, tmp_path):
     n_rows = len(np.load(tiny_data / "test_11.npy", mmap_mode="r"))
     one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
     assert two.count(b"\n") == n_rows + 1 and one == two
+
+
+def test_every_epoch_the_processes_share_the_bucketed_order_exactly(tiny_data, tmp_path):
+    """Length-bucketed batches, 2 processes, 3 epochs, with dropout and input masks drawing from
+    each process's generator a number of values that depends on its own batches: every epoch the
+    two processes together train each utterance once (plus DistributedSampler's padding to an
+    even count), and each epoch's order is new."""
+    timit_lit(tmp_path, "fit", "--config", str(REPO / "configs" / "recurrent.yaml"), "--data.data_dir", str(tiny_data),
+              "--model.hidden_size", "8", "--model.num_layers", "1", "--data.batch_size", "2", *DDP2,
+              "--trainer.max_epochs", "3", "--trainer.callbacks+=utterance_log.UtteranceLog",
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false")
+    ranks = [json.loads((tmp_path / f"utterances_rank{r}.json").read_text()) for r in (0, 1)]
+    features = np.load(tiny_data / "train_11.npy")
+    starts = utterance_starts(features)
+    centre = slice(5 * 39, 6 * 39)  # context 1: each step's input is its row's centre frame
+    every = Counter(utterance_key(features[a, centre], b - a) for a, b in zip(starts[:-1], starts[1:]))
+    assert len(every) == len(starts) - 1 == 12  # keys tell the utterances apart
+    assert [len(epochs) for epochs in ranks] == [3, 3]
+    for epoch in range(3):
+        trained = Counter(ranks[0][epoch]) + Counter(ranks[1][epoch])
+        assert trained.keys() == every.keys(), f"epoch {epoch}: utterances missed"
+        padded = -(-len(every) // 4) * 4  # whole rounds of 2 batches of 2, one per process
+        assert sum(trained.values()) == padded, f"epoch {epoch}: utterances repeated"
+        assert len(ranks[0][epoch]) == len(ranks[1][epoch])
+    assert ranks[0][0] != ranks[0][1] != ranks[0][2]  # a new order every epoch

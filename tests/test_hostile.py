@@ -1,6 +1,7 @@
 """Files from others: a checkpoint never runs or imports code; outputs are checked before the work."""
 
 import errno
+import importlib
 import os
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 import timit_lit.callbacks.prediction
-from conftest import BASELINE, QUIET, REPO, run_in
+import timit_lit.callbacks.resume
+from conftest import BASELINE, FAST, QUIET, REPO, run_in
 from test_errors import fails_with
 from timit_lit.models import PhoneModel
 
@@ -242,3 +244,110 @@ def test_a_full_disk_keeps_the_previous_file(target, tiny_data, best_checkpoint,
     assert f"timit_lit: error: {target}: cannot write (No space left on device)" in err
     assert previous.read_bytes() == b"the previous run's file\n"
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(tiny_data, tmp_path, capsys, monkeypatch):
+    fit = ["fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--model.hidden_sizes", "[64]"]
+    run_in(tmp_path, *fit, "--trainer.max_epochs", "1")
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    assert "last.ckpt" in before
+
+    def full_open(path, mode="r", **kwargs):
+        file = open(path, mode, **kwargs)
+        return FullDisk(file) if ".ckpt.tmp" in os.path.basename(path) else file
+
+    monkeypatch.setattr(timit_lit.callbacks.resume, "open", full_open, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, *fit, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("timit_lit: error:")]
+    assert exit_info.value.code == 1 and "Traceback" not in err and len(errors) == 1, err
+    assert ".ckpt: cannot write the checkpoint (No space left on device); nothing written, any previous file kept" in errors[0]
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before  # no temporary file left, none changed
+
+
+def damage_optimizer(key, value):
+    def damage(checkpoint):
+        checkpoint["optimizer_states"][0][key] = value(checkpoint["optimizer_states"][0][key])
+    return damage
+
+
+def damage_loop(*keys, value):
+    def damage(checkpoint):
+        entry = checkpoint["loops"]["fit_loop"]
+        for key in keys[:-1]:
+            entry = entry[key]
+        if value is None:
+            del entry[keys[-1]]
+        else:
+            entry[keys[-1]] = value
+    return damage
+
+
+TRAINING_STATE_CASES = {
+    # id: (what to do to a saved checkpoint, words the message must hold)
+    "a moment of the wrong shape": (damage_optimizer("state", lambda s: {**s, 2: {**s[2], "exp_avg": s[2]["exp_avg"][:, :-1]}}),
+                                    "optimizer_states[0].state[2].exp_avg is (512, 1023), its parameter (512, 1024)"),
+    "a group without its parameters": (damage_optimizer("param_groups", lambda g: [{k: v for k, v in g[0].items() if k != "params"}]),
+                                       "optimizer_states[0].param_groups[0] has no list of parameter numbers"),
+    "a learning rate that is text": (damage_optimizer("param_groups", lambda g: [{**g[0], "lr": "fast"}]),
+                                     "optimizer_states[0].param_groups[0].lr is 'fast', not a number"),
+    "state for no parameter": (damage_optimizer("state", lambda s: {**s, 99: {}}), "optimizer_states[0].state[99] belongs to no parameter"),
+    "no optimizer states": (lambda c: c.update(optimizer_states=[]), "optimizer_states is 0 values, where this run has 1"),
+    "a loop count that is text": (damage_loop("epoch_progress", "current", "completed", value="one"),
+                                  "loops.fit_loop.epoch_progress.current.completed is 'one', not an integer"),
+    "a loop entry missing": (damage_loop("epoch_loop.batch_progress", value=None), "loops.fit_loop has no epoch_loop.batch_progress"),
+    "loops not a mapping": (lambda c: c.update(loops=[1]), "its loops entry holds no fit_loop"),
+}
+
+
+@pytest.mark.parametrize("case", TRAINING_STATE_CASES, ids=list(TRAINING_STATE_CASES))
+def test_a_damaged_training_state_stops_a_resume_in_one_line(case, tiny_data, best_checkpoint, tmp_path, capsys):
+    """Checksums valid, weights fine, but what Lightning restores besides them damaged:
+    Lightning and torch would stop with a traceback or, worse, take it."""
+    damage, words = TRAINING_STATE_CASES[case]
+    saved = torch.load(best_checkpoint, weights_only=True)
+    damage(saved)
+    bad = tmp_path / "resume.ckpt"
+    torch.save(saved, bad)
+    written = bad.read_bytes()
+    line = fails_with(tmp_path, capsys, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST,
+                      "--trainer.max_epochs", "3", "--ckpt_path", str(bad))
+    assert line == f"timit_lit: error: {bad}: damaged checkpoint ({words}); fit cannot resume from it"
+    assert bad.read_bytes() == written and not list(tmp_path.glob("lightning_logs/*/checkpoints/*"))
+
+
+CALLABLE_NETWORK = """
+from typing import Callable, Optional
+from timit_lit.models import PhoneClassifier
+class Net(PhoneClassifier):
+    def __init__(self, *args, act: Optional[Callable] = None, kind: Optional[type] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.act = act
+"""
+
+
+def test_a_checkpoint_cannot_make_jsonargparse_import_what_a_callable_argument_names(
+        tiny_data, best_checkpoint, tmp_path, monkeypatch, capsys):
+    """jsonargparse takes a dotted name for an argument typed Callable, a class or a type, and
+    imports it: a network with such an argument (the user's own; none of the project's has one)
+    must not let its checkpoints name code."""
+    name, marker = hostile_module(tmp_path, monkeypatch)
+    network = f"network_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{network}.py").write_text(CALLABLE_NETWORK)
+    try:
+        importlib.import_module(network)  # the user's own network, as naming it in a config does
+        own = altered(best_checkpoint, tmp_path / "own.ckpt", {"_class_path": f"{network}.Net", "act": None})
+        run_in(tmp_path, *predict_args(tiny_data, own))  # the network's own checkpoints load
+        cases = [("act", f"{name}.Net", "Optional[Callable]"), ("act", "os.system", "Optional[Callable]"),
+                 ("kind", f"{name}.Net", "Optional[type]"), ("act", [f"{name}.Net"], "Optional[Callable]")]
+        for key, value, typed in cases:
+            hostile = altered(best_checkpoint, tmp_path / "shared.ckpt", {"_class_path": f"{network}.Net", key: value})
+            entries = entry_points(tiny_data, hostile, tmp_path / "run")
+            for entry in ("predict", "fit resume", "ensemble member") if key == "act" and value == "os.system" else ("predict",):
+                line = fails_with(tmp_path / "run", capsys, *entries[entry])
+                assert f"shared.ckpt: hyper_parameters.{key} is {value!r}, for an argument typed {typed}, which would import" in line, (entry, line)
+                assert not marker.exists() and name not in sys.modules, entry
+    finally:
+        sys.modules.pop(network, None)

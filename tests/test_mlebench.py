@@ -154,7 +154,7 @@ def test_predict_on_two_processes_writes_the_same_csv(folders, tmp_path):
     run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "1")
     checkpoint = str(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
     run_in(tmp_path, "predict", *common, "--ckpt_path", checkpoint, "--prediction.output_path", str(tmp_path / "one.csv"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # this checkout's package
     result = subprocess.run([sys.executable, "-m", "timit_lit", "predict", *common, "--ckpt_path", checkpoint,
                              "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                              "--prediction.output_path", str(tmp_path / "two.csv"), *QUIET],

@@ -37,7 +37,7 @@ def test_padding_never_changes_logits_loss_or_accuracy(cell, frames_per_step, co
     for i, (u, lab) in enumerate(zip(utterances, labels)):
         x[i, : len(u)], y[i, : len(u)] = u, lab
     with torch.no_grad():
-        logits, targets = model.frame_logits((x, y, torch.tensor(lengths)))
+        logits, targets = model.real_frames(*model.frame_logits((x, y, torch.tensor(lengths))))
         expected = torch.cat(alone)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(targets, torch.cat(labels))  # real frames only, utterance by utterance
@@ -78,7 +78,7 @@ def test_input_masking_only_in_training_and_seeded():
     y = torch.zeros(3, 30, dtype=torch.long)
     model.eval()
     with torch.no_grad():
-        logits, _ = model.frame_logits((x, y, lengths))
+        logits, _ = model.real_frames(*model.frame_logits((x, y, lengths)))
         plain = model(x, lengths)[torch.arange(30)[None] < lengths[:, None]]
     torch.testing.assert_close(logits, plain)  # no masks in evaluation
 
@@ -188,9 +188,9 @@ def test_label_smoothing_changes_the_training_loss_only():
     smooth.log = lambda *args, **kwargs: None  # no trainer here
     smooth.eval()
     with torch.no_grad():
-        logits, targets = smooth.frame_logits((x, y, lengths))
-        val_loss = smooth._evaluate((x, y, lengths), smooth.val_acc, "val")[0]
-        train_loss = smooth._evaluate((x, y, lengths), smooth.train_acc, "train")[0]
+        logits, targets = smooth.real_frames(*smooth.frame_logits((x, y, lengths)))
+        val_loss = smooth._evaluate((x, y, lengths), "val")[0]
+        train_loss = smooth._evaluate((x, y, lengths), "train")[0]
     assert val_loss.item() == pytest.approx(F.cross_entropy(logits, targets).item(), abs=1e-6)
     assert train_loss.item() == pytest.approx(F.cross_entropy(logits, targets, label_smoothing=0.1).item(), abs=1e-6)
     assert train_loss.item() != pytest.approx(val_loss.item(), abs=1e-4)
@@ -206,18 +206,37 @@ def test_recurrent_model_with_row_batches_is_a_one_line_error(tiny_data, tmp_pat
 
 def test_length_bucketed_order_is_a_shuffle_with_little_padding():
     lengths = np.random.default_rng(0).integers(70, 711, size=1000)
-    torch.manual_seed(5)
-    order = list(LengthBucketedOrder(lengths, batch_size=16))
-    torch.manual_seed(5)
-    assert list(LengthBucketedOrder(lengths, batch_size=16)) == order  # seeded by torch's generator
+    order = list(LengthBucketedOrder(lengths, batch_size=16, seed=5))
+    torch.manual_seed(123)  # the global generator plays no part
+    assert list(LengthBucketedOrder(lengths, batch_size=16, seed=5)) == order  # seed and epoch decide
     assert sorted(order) == list(range(1000)) and order != sorted(order)  # every utterance once, shuffled
-    assert list(LengthBucketedOrder(lengths, batch_size=16)) != order  # a new order each epoch
+    assert list(LengthBucketedOrder(lengths, batch_size=16, seed=6)) != order
+    next_epoch = LengthBucketedOrder(lengths, batch_size=16, seed=5)
+    next_epoch.set_epoch(1)
+    assert list(next_epoch) != order and sorted(next_epoch) == list(range(1000))  # a new order each epoch
 
     def padded_over_real(order):
         batches = [lengths[order[i : i + 16]] for i in range(0, len(order), 16)]
         return sum(b.max() * len(b) for b in batches) / lengths.sum()
 
     assert padded_over_real(order) < 1.1 < 1.3 < padded_over_real(list(np.random.default_rng(1).permutation(1000)))
+
+
+@pytest.mark.parametrize("n_utterances", [1000, 992])
+def test_length_bucketed_order_deals_whole_batches_to_the_processes(n_utterances):
+    """3 processes: the same epoch order on each, dealt out a batch at a time; together every
+    utterance, plus the order's first ones to fill the last round of batches."""
+    lengths = np.random.default_rng(0).integers(70, 711, size=n_utterances)
+    shares = [LengthBucketedOrder(lengths, batch_size=16, seed=5, num_replicas=3, rank=r) for r in range(3)]
+    whole = LengthBucketedOrder(lengths, batch_size=16, seed=5).epoch_order().tolist()
+    orders = [list(share) for share in shares]
+    assert [len(o) for o in orders] == [len(s) for s in shares] == [-(-n_utterances // 48) * 16] * 3
+    dealt = [orders[i % 3][i // 3 * 16 : i // 3 * 16 + 16] for i in range(len(orders[0]) * 3 // 16)]
+    assert sum(dealt, []) == (whole + whole)[: 3 * len(orders[0])]  # whole batches, in turn, padded from the start
+    for share in shares:
+        share.set_epoch(1)
+    next_orders = [list(share) for share in shares]
+    assert next_orders != orders and set(sum(next_orders, [])) == set(range(n_utterances))  # a new order, all of it
 
 
 def test_fit_with_length_buckets(tiny_data, tmp_path, capsys):
@@ -228,3 +247,83 @@ def test_fit_with_length_buckets(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--data.bucket_by_length", "true")
     assert "bucket_by_length sorts utterances into batches: it needs batch_by utterances" in capsys.readouterr().err
+
+
+def test_bucketed_fit_resumed_at_an_epoch_end_is_exact(tiny_data, tmp_path):
+    """The shipped recipe's order (length buckets) and random draws (dropout, masks): two epochs
+    in one go, or one and then a resume from last.ckpt, end with the same weights."""
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.bucket_by_length", "true"]
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "resumed").mkdir()
+    run_in(tmp_path / "whole", "fit", *common, "--trainer.max_epochs", "2")
+    crash = '[{"class_path": "signal_at.CrashAt", "init_args": {"epoch": 1, "batch": 1}}]'
+    with pytest.raises(RuntimeError, match="crash at epoch 1"):
+        run_in(tmp_path / "resumed", "fit", *common, "--trainer.max_epochs", "2", "--trainer.callbacks", crash)
+    run_in(tmp_path / "resumed", "fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    whole, resumed = (torch.load(folder / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+                      for folder in (tmp_path / "whole", tmp_path / "resumed"))
+    assert whole["epoch"] == resumed["epoch"] == 1
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+
+
+def test_phase_averaging_averages_the_shifted_groupings_in_evaluation_only():
+    torch.manual_seed(0)
+    model = RecurrentPhoneClassifier(input_dim=39, num_classes=39, hidden_size=16, num_layers=2, frames_per_step=3,
+                                     phase_average=True).eval()
+    lengths = [5, 17, 1, 9]
+    utterances = [torch.randn(n, 39) for n in lengths]
+    x = torch.full((4, 17, 39), 1e3)  # junk in the padding
+    y = torch.full((4, 17), -1)
+    for i, u in enumerate(utterances):
+        x[i, : len(u)], y[i, : len(u)] = u, 0
+    with torch.no_grad():
+        logits, _ = model.real_frames(*model.frame_logits((x, y, torch.tensor(lengths))))
+        # Each utterance alone, shifted by 0, 1, 2 zero frames at its start, the shifted frames' outputs dropped.
+        expected = []
+        for u in utterances:
+            shifted = [model(torch.cat([torch.zeros(s, 39), u])[None], torch.tensor([len(u) + s]))[0, s:].softmax(1)
+                       for s in range(3)]
+            expected.append(torch.stack(shifted).mean(0).log())
+    torch.testing.assert_close(logits, torch.cat(expected), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(logits.exp().sum(1), torch.ones(len(logits)))
+    # Not the single grouping's posteriors: the average changes them.
+    model.phase_average = False
+    with torch.no_grad():
+        single, _ = model.real_frames(*model.frame_logits((x, y, torch.tensor(lengths))))
+    assert not torch.allclose(single.log_softmax(1), logits, atol=1e-3)
+    # Training never averages.
+    model.phase_average = True
+    model.train()
+    model.dropout.p = 0.0
+    trained, _ = model.real_frames(*model.frame_logits((x, y, torch.tensor(lengths))))
+    torch.testing.assert_close(trained, single)
+
+
+def test_phase_averaging_from_the_command_line_for_any_checkpoint(tiny_data, tmp_path):
+    """Not a saved hyperparameter: the evaluation's option decides, whatever the checkpoint was trained with."""
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--model.frames_per_step", "2",
+              "--data.val_ratio", "0.2"]
+    run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "1", "--model.phase_average", "true")
+    (best,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
+    assert "phase_average" not in torch.load(best, weights_only=True)["hyper_parameters"]
+    model = RecurrentPhoneClassifier.load_from_checkpoint(best, map_location="cpu").eval()
+    features = np.load(tiny_data / "test_11.npy")[:, 195:234]
+    labels = np.load(tiny_data / "test_label_11.npy").astype(np.int64)
+    starts = utterance_starts(np.load(tiny_data / "test_11.npy"))
+    expected = {}
+    for averaged in (False, True):
+        model.phase_average = averaged
+        with torch.no_grad():
+            expected[averaged] = np.concatenate([
+                model.frame_logits((torch.from_numpy(features[a:b])[None], torch.zeros(1, b - a, dtype=torch.long),
+                                    torch.tensor([b - a])))[0].argmax(1).numpy()
+                for a, b in zip(starts[:-1], starts[1:])])
+    assert not np.array_equal(expected[False], expected[True])
+    for averaged in (False, True):
+        option = ["--model.phase_average", str(averaged).lower()]
+        test = run_in(tmp_path, "test", *common, *option, "--ckpt_path", str(best)).trainer.callback_metrics
+        assert float(test["test/acc"]) == pytest.approx(float((expected[averaged] == labels).mean()), abs=1e-6)
+        out = tmp_path / f"prediction_{averaged}.csv"
+        run_in(tmp_path, "predict", *common, *option, "--ckpt_path", str(best), "--prediction.output_path", str(out))
+        assert out.read_text().splitlines()[1:] == [f"{i},{c}" for i, c in enumerate(expected[averaged])]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 from pytorch_lightning import Callback
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import BASELINE, run_in
+from conftest import BASELINE, QUIET, REPO, run_in
 import timit_lit.models.mlp as model
 from timit_lit.models.mlp import mlp
 
@@ -214,3 +218,16 @@ def test_steps_per_call_auto_leaves_per_step_callbacks_their_steps():
         "ModelCheckpoint every_n_train_steps must run on every step")
     assert reason(max_steps=100) == "trainer.max_steps is set (it counts Lightning steps)"
     assert reason(precision="bf16-mixed") == "precision is bf16-mixed"
+
+
+@pytest.mark.slow
+def test_memory_benchmark_measures_a_fit_and_its_predict(tiny_data, tmp_path):
+    # benchmarks/memory.py: two whole processes, each with its own peak memory, and the
+    # predict really ran on the fit's checkpoint (its CSV has every test row).
+    tool = [sys.executable, str(REPO / "benchmarks" / "memory.py"), "--data-dir", str(tiny_data),
+            "--config", BASELINE, "--batches", "2", "--keep", str(tmp_path), *QUIET]
+    report = subprocess.run(tool, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    peaks = {line.split()[0]: float(line.split()[1]) for line in report.splitlines() if line.split()[:1] in (["fit"], ["predict"])}
+    assert set(peaks) == {"fit", "predict"} and all(0.1 < peak < 8 for peak in peaks.values()), report
+    rows = len(np.load(tiny_data / "test_11.npy", mmap_mode="r"))
+    assert len((tmp_path / "prediction.csv").read_text().splitlines()) == rows + 1  # and the header

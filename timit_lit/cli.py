@@ -15,10 +15,11 @@ import os
 import signal
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.plugins.environments import SLURMEnvironment
@@ -26,12 +27,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.callbacks import (AtomicCheckpointIO, CsvPredictionWriter, EpochLearningRate, EpochThroughput,
-                                 LastCheckpoint, PhoneErrorEvaluation, ResumeState, RunConfig, ValidationFigures,
-                                 ViterbiEvaluation)
+                                 LastCheckpoint, PhoneDecoding, PhoneErrorEvaluation, ResumeState, RunConfig,
+                                 ValidationFigures, ViterbiEvaluation)
 from timit_lit.checkpoints import (_best_checkpoint, _first_logger, _hpc_checkpoint, _last_checkpoint, logger_version,
                                    one_line_parse_errors, read_checkpoint)
 from timit_lit.data import TimitDataModule
-from timit_lit.errors import InputError
+from timit_lit.errors import InputError, option_error_line
+from timit_lit.lightning_api import CheckpointHparamsCLI, checkpoint_logged_step, set_logged_step
 from timit_lit.models import CheckpointEnsemble, PhoneModel, RecurrentPhoneClassifier
 from timit_lit.models.ensemble import ensemble_data_settings
 from timit_lit.runtime import _quiet_known_warnings, _return_large_buffers_to_the_os
@@ -41,7 +43,7 @@ from timit_lit.summary import fit_summary
 NETWORKS = (PhoneModel, RecurrentPhoneClassifier, CheckpointEnsemble)
 
 
-class TimitCLI(LightningCLI):
+class TimitCLI(CheckpointHparamsCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Forced callbacks: a config that lists trainer.callbacks cannot drop them.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -71,6 +73,8 @@ class TimitCLI(LightningCLI):
         parser.add_lightning_class_args(ValidationFigures, "figures")
         # Viterbi decoding scored in validate / test (off by default; timit_lit.callbacks.viterbi).
         parser.add_lightning_class_args(ViterbiEvaluation, "decoding")
+        # The phone-level decoder, likewise (off by default; timit_lit.callbacks.phone_decoding).
+        parser.add_lightning_class_args(PhoneDecoding, "phone_decoding")
         # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.callbacks.phone_errors).
         parser.add_lightning_class_args(PhoneErrorEvaluation, "phone_errors")
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
@@ -83,6 +87,14 @@ class TimitCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         # The options as typed, for the commands fit prints when it ends (none from a dict or Namespace).
         self._command_line = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
+        # The parsers raise instead of printing their usage and multi-line report (main()'s
+        # parser_kwargs): what they reject is said in one line.
+        try:
+            self._parse_and_resolve(parser, args)
+        except ArgumentError as error:
+            raise InputError(option_error_line(error)) from None
+
+    def _parse_and_resolve(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
         # Lightning reads the checkpoint's hyperparameters right after parsing: resolve
         # `last` / `best` / `hpc` and check the file first.
@@ -115,10 +127,10 @@ class TimitCLI(LightningCLI):
         if subcommand in ("validate", "test"):
             self._log_into_run(subcommand, Path(path))
 
-    def _parse_ckpt_path(self) -> None:
+    def model_from_checkpoint(self) -> None:
         """Lightning's step that takes the model's class and arguments from the checkpoint's
-        hyper_parameters, done from the file parse_arguments has read and checked
-        (timit_lit.checkpoints), with a value that does not parse reported in one line."""
+        hyper_parameters (timit_lit.lightning_api), done from the file parse_arguments has read
+        and checked (timit_lit.checkpoints), with a value that does not parse reported in one line."""
         if self._checkpoint is None:
             return
         path, checkpoint = self._checkpoint
@@ -170,7 +182,7 @@ class TimitCLI(LightningCLI):
             return
         # The run's config.yaml stays the fit's; this command's goes beside it.
         self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config_{subcommand}.yaml"}
-        self._evaluated_step = _logged_step(self._checkpoint[1])
+        self._evaluated_step = checkpoint_logged_step(self._checkpoint[1])
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
@@ -227,7 +239,7 @@ class TimitCLI(LightningCLI):
         if step is not None:
             # Lightning logs validate / test results at the fit loop's step count, which it
             # restores only when fitting: put them at the checkpoint's step of the run's curves.
-            self.trainer.fit_loop.epoch_loop._batches_that_stepped = step
+            set_logged_step(self.trainer, step)
 
     before_validate = before_test = _before_evaluation
 
@@ -253,11 +265,6 @@ class TimitCLI(LightningCLI):
         _return_large_buffers_to_the_os()
 
 
-def _logged_step(checkpoint: dict):
-    """The step at which the run that saved ``checkpoint`` logged its last values (None if unknown)."""
-    return checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
-
-
 def main(args: list[str] | None = None) -> TimitCLI:
     """Entry point of ``python -m timit_lit`` and ``timit-lit``; ``args`` for tests."""
     _quiet_known_warnings()
@@ -272,6 +279,8 @@ def main(args: list[str] | None = None) -> TimitCLI:
             save_config_kwargs={"overwrite": True},
             # Always present, whatever the config's trainer.callbacks: RNG states in every checkpoint.
             trainer_defaults={"callbacks": [ResumeState()]},
+            # Parse errors raise (TimitCLI.parse_arguments says them in one line), on every subcommand's parser.
+            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in TimitCLI.subcommands()}},
         )
     except (InputError, ValueError) as error:
         # jsonargparse reports an InputError raised while it builds the model (an ensemble

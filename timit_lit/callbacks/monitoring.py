@@ -69,8 +69,9 @@ class EpochLearningRate(LearningRateMonitor):
 class EpochThroughput(Callback):
     """Logs ``train/frames_per_s``: the rows trained in an epoch (all processes) divided by
     the wall time from the epoch's start to the end of its last training batch (validation
-    not counted). It counts rows from the batch's shape and reads the clock on the host, so
-    it never waits for the device (on a GPU the last few queued steps may still be running
+    not counted). It counts rows from the batch's shape (utterance batches: their lengths,
+    summed on the device and read once per epoch) and reads the clock on the host, so a
+    step never waits for the device (on a GPU the last few queued steps may still be running
     when the clock stops: a negligible error over an epoch). Under DDP each process times
     its own epoch, and the mean of their figures is logged.
 
@@ -91,19 +92,21 @@ class EpochThroughput(Callback):
         self._end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._rows and self._end > self._start:
-            rate = self._rows * trainer.world_size / (self._end - self._start)
+        rows = int(self._rows)  # the epoch's one read of a count kept on the device
+        if rows and self._end > self._start:
+            rate = rows * trainer.world_size / (self._end - self._start)
             # sync_dist: the mean of the processes' estimates (each times its own epoch), once per epoch.
             pl_module.log(self.name, rate, on_epoch=True, on_step=False, sync_dist=True)
 
 
-def _frames(batch) -> int:
+def _frames(batch):
     """Real frames in a training batch: one (features, labels) batch, a list of them
-    (data.steps_per_call > 1), or utterances (features, labels, lengths) counted by length."""
+    (data.steps_per_call > 1), or utterances (features, labels, lengths) counted by length,
+    on the device (a tensor, read once per epoch: no step waits for it)."""
     if isinstance(batch, list):
         return sum(_frames(b) for b in batch)
     if len(batch) == 3:
-        return int(batch[2].sum())  # a sequence model's step synchronises anyway (masking its real frames)
+        return batch[2].sum()
     return batch[1].numel()
 
 

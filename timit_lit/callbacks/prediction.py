@@ -99,6 +99,9 @@ class CsvPredictionWriter(BasePredictionWriter):
         self.posteriors_dtype = np.dtype(posteriors_dtype)
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if sum(isinstance(cb, ViterbiEvaluation) and cb.enabled for cb in trainer.callbacks) > 1:
+            raise InputError("decoding.enabled and phone_decoding.enabled are both true: predict writes one decoding "
+                             "of the classes, so enable one of them")
         # On every process (rank 0 writes): all stop together rather than leave the others waiting.
         check_writable(self.output_path, "prediction.output_path")
         if self.posteriors_path is not None:
@@ -136,8 +139,8 @@ class CsvPredictionWriter(BasePredictionWriter):
             log_posteriors = torch.from_numpy(posteriors.astype(np.float32)).clamp_min(1e-30).log()
             stats = decoder.statistics(trainer, pl_module)
             classes = decoder.decode(datamodule, log_posteriors, ids, space, stats, "predict").numpy()
-            known = " with the training rows' given labels" if decoder.known_labels else ""
-            rank_zero_info(f"Classes decoded with Viterbi (transition weight {decoder.transition_weight}){known}")
+            known = " with the training rows' given labels taken as known" if decoder.known_labels else ""
+            rank_zero_info(f"Classes decoded with {decoder.description()}{known}")
         # The test file's rows, in its order (rows of training files served as context are left out).
         test_rows = datamodule.test_row_ids(space, ids) if space != TEST_FEATURES else ids
         order = np.flatnonzero(test_rows >= 0)[np.argsort(test_rows[test_rows >= 0], kind="stable")]

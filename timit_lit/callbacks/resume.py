@@ -4,12 +4,14 @@ The pieces, all used by the CLI:
 
 - :class:`ResumeState`, a callback that puts what Lightning's checkpoints lack into every
   checkpoint: the global random states (the training order is drawn from torch's global
-  RNG at the start of each epoch) and the logger version the run writes to.
+  RNG at the start of each epoch) and the logger version the run writes to. It also has a
+  resumed fit's training state checked before Lightning restores it.
 - :class:`LastCheckpoint`, the ``last.ckpt`` writer: after every epoch, as any
   ``ModelCheckpoint``, and also when the process gets SIGTERM (``kill``, ``timeout``, a
   cluster preempting the job).
 - :class:`AtomicCheckpointIO`: checkpoints written under a temporary name beside the
-  target and renamed, so a kill never leaves a truncated ``last.ckpt``.
+  target and renamed, so a kill never leaves a truncated ``last.ckpt``, and a full disk
+  stops the run with one line, the previous file kept.
 
 What ``--ckpt_path last`` / ``hpc`` mean, and reading a checkpoint, are in :mod:`timit_lit.checkpoints`.
 """
@@ -29,14 +31,16 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_states
+from timit_lit.errors import OutputError
+from timit_lit.lightning_api import collect_rng_states, set_rng_states
 
 CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
 
 
 class ResumeState(Callback):
     """Saves the global RNG states and the logger version in every checkpoint; restores the
-    RNG states when a run resumes.
+    RNG states when a run resumes, and has the training state Lightning then restores (loops,
+    optimizers, schedulers) checked first (:func:`timit_lit.checkpoints.check_training_state`).
 
     The states are restored as the checkpoint is loaded. From there to the first training
     batch the only draws from the global RNG are the training DataLoader's (its iterator's
@@ -47,7 +51,7 @@ class ResumeState(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "rng_states": _to_tensors(_collect_rng_states()),
+            "rng_states": _to_tensors(collect_rng_states()),
             "logger_version": trainer.logger.version if trainer.logger is not None else None,
         }
         _flush(trainer)
@@ -56,10 +60,22 @@ class ResumeState(Callback):
         # The previous epoch's train/* values are logged just after its checkpoint is saved.
         _flush(trainer)
 
+    _resumed: Optional[dict] = None  # the checkpoint a fit resumes from, until its training state is checked
+
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         states = checkpoint.get(CHECKPOINT_KEY, {}).get("rng_states")
         if states is not None:
-            _set_rng_states(_from_tensors(states))
+            set_rng_states(_from_tensors(states))
+        self._resumed = checkpoint if trainer.state.fn == TrainerFn.FITTING else None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Between making the optimizers and restoring them: check what Lightning is about to
+        # restore against them. Imported here: timit_lit.checkpoints imports this module.
+        from timit_lit.checkpoints import check_training_state
+
+        if self._resumed is not None:
+            checkpoint, self._resumed = self._resumed, None
+            check_training_state(str(trainer.ckpt_path), checkpoint, trainer)
 
 
 def _flush(trainer: pl.Trainer) -> None:
@@ -124,5 +140,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as error:  # a full disk, a quota: the run stops, and says what it kept
+            raise OutputError(f"{path}: cannot write the checkpoint ({error.strerror or error}); nothing written, "
+                              f"any previous file kept") from error
         finally:
             tmp.unlink(missing_ok=True)

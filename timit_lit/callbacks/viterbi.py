@@ -41,6 +41,8 @@ class ViterbiEvaluation(pl.Callback):
             frames keep their label and the others are chosen around them.
     """
 
+    accuracy_name = "acc_viterbi"  # the name under which validate and test log the decoded accuracy
+
     def __init__(self, enabled: bool = False, transition_weight: float = 1.0, prior_weight: float = 1.0,
                  known_labels: bool = False):
         self.enabled, self.transition_weight, self.prior_weight = enabled, transition_weight, prior_weight
@@ -62,7 +64,7 @@ class ViterbiEvaluation(pl.Callback):
         if self._active(trainer):
             # The step's frame logits (PhoneModel returns them), or a forward pass for a model that does not.
             logits = outputs if isinstance(outputs, torch.Tensor) else pl_module.frame_logits(batch)[0]
-            self._log_posteriors.append(logits.detach().log_softmax(dim=1).cpu())
+            self._log_posteriors.append(logits.detach().float().log_softmax(dim=1).cpu())  # float32 whatever the precision
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._collect(trainer, pl_module, outputs, batch)
@@ -84,9 +86,24 @@ class ViterbiEvaluation(pl.Callback):
         self._log_posteriors = []
         labels = dataset.labels[rows]
         scored = labels >= 0
-        pl_module.log(f"{stage}/acc_viterbi", frame_accuracy(decoded[torch.from_numpy(scored)], labels[scored]))
-        if scored.all():  # the phone error rate of whole utterances (not of scattered held-out frames)
-            pl_module.log(f"{stage}/per_viterbi", phone_error_rate(decoded, labels, self.offsets(datamodule, rows, dataset.file)))
+        if scored.all():
+            scores = self.scores(decoded, labels, self.offsets(datamodule, rows, dataset.file))
+        else:  # held-out labels scattered inside utterances: the accuracy of those frames, no phone error rate
+            scores = {self.accuracy_name: frame_accuracy(decoded[torch.from_numpy(scored)], labels[scored])}
+        for name, value in scores.items():
+            pl_module.log(f"{stage}/{name}", value)
+
+    def scores(self, decoded: torch.Tensor, labels: np.ndarray, offsets: np.ndarray) -> dict[str, float]:
+        """What ``validate`` and ``test`` log of the decoded classes, by name."""
+        return {"acc_viterbi": frame_accuracy(decoded, labels), "per_viterbi": phone_error_rate(decoded, labels, offsets)}
+
+    def decode_segments(self, log_posteriors: torch.Tensor, offsets: np.ndarray, stats: PhoneStatistics) -> torch.Tensor:
+        """The decoded classes of frames laid out by ``offsets``."""
+        return viterbi_decode(log_posteriors, offsets, stats, self.transition_weight, self.prior_weight)
+
+    def description(self) -> str:
+        """The decoder and its settings, in words, for ``predict``'s log."""
+        return f"Viterbi (transition weight {self.transition_weight})"
 
     def statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> PhoneStatistics:
         """The model's phone statistics (counted by its fit, or read from its checkpoint); for
@@ -103,14 +120,13 @@ class ViterbiEvaluation(pl.Callback):
 
     def decode(self, datamodule, log_posteriors: torch.Tensor, rows: np.ndarray, file: str,
                stats: PhoneStatistics, split: Optional[str] = None) -> torch.Tensor:
-        """The Viterbi classes of ``rows`` (sorted row ids of the row space ``file``, served
+        """The decoded classes of ``rows`` (sorted row ids of the row space ``file``, served
         to ``split``) from their log posteriors, with the known labels taken as certain if
         ``known_labels``; also used by ``predict`` (timit_lit.callbacks.prediction)."""
         known = datamodule.known_labels(split) if self.known_labels and split else None
         if known is not None:
             log_posteriors = clamp_known(log_posteriors, known[rows])
-        return viterbi_decode(log_posteriors, self.offsets(datamodule, rows, file), stats, self.transition_weight,
-                              self.prior_weight)
+        return self.decode_segments(log_posteriors, self.offsets(datamodule, rows, file), stats)
 
     @staticmethod
     def offsets(datamodule, rows: np.ndarray, file: str) -> np.ndarray:

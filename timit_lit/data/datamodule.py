@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -13,7 +14,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from timit_lit import synthetic as synthetic_data  # (the module: it imports timit_lit.data for the file format)
-from timit_lit.data.datasets import FrameDataset, UtteranceDataset, keep_batch
+from timit_lit.data.datasets import UNLABELLED, FrameDataset, UtteranceDataset, keep_batch
 from timit_lit.data.files import (TEST_FEATURES, TEST_LABELS, TRAIN_FEATURES, TRAIN_LABELS, float32_features, load_labels,
                                   open_features, report)
 from timit_lit.data.samplers import LengthBucketedOrder
@@ -142,7 +143,10 @@ class TimitDataModule(pl.LightningDataModule):
         self.input_dim = width if context == 11 else context * width // 11
         self._loaded: dict[str, FrameDataset] = {}
         self._on_device: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
-        self._maps: dict[str, np.ndarray] = {}
+        # Each file's memory map while a dataset or a caller holds it, and no longer: a map's
+        # pages, once read (the finiteness check reads them all), count in this process's
+        # resident memory for as long as the map lives, and ContextWindows copies out what it uses.
+        self._maps: weakref.WeakValueDictionary[str, np.memmap] = weakref.WeakValueDictionary()
         self._starts: dict[str, np.ndarray] = {}
         self._utterances: Optional[Utterances] = None
         self._known: dict[str, np.ndarray] = {}  # split: labels decoding may take as given (timit_lit.decoding)
@@ -222,7 +226,7 @@ class TimitDataModule(pl.LightningDataModule):
     def dataset(self, split: str):
         """The dataset of ``split`` (``train``, ``val``, ``test``, ``predict``) once set up:
         its ``rows`` (ids in the row space ``file``, in the order served), ``labels`` (by
-        row id, -1 where ``split`` scores none) and ``features``."""
+        row id, negative where ``split`` scores none) and ``features``."""
         if split not in self._loaded:
             raise KeyError(f"the {split} split is not set up (setup() for its stage first)")
         return self._loaded[split]
@@ -260,9 +264,11 @@ class TimitDataModule(pl.LightningDataModule):
         return np.where(combined >= first, combined - first, -1)
 
     def _features(self, name: str) -> np.ndarray:
-        """The float32 memory map of the feature file ``name``, checked on first use and kept."""
-        if name in self._maps:
-            return self._maps[name]
+        """The float32 memory map of the feature file ``name``, checked when mapped; one map per
+        file while anything holds it (see ``_maps``)."""
+        features = self._maps.get(name)
+        if features is not None:
+            return features
         path = self.data_dir / name
         width = open_features(path).shape[1]
         if width != self.file_width:
@@ -270,8 +276,8 @@ class TimitDataModule(pl.LightningDataModule):
                 f"{path}: rows have {width} features, but the data's width is {self.file_width} "
                 f"(train and test files must match)"
             )
-        self._maps[name] = float32_features(path, self.cache_dir)
-        return self._maps[name]
+        features = self._maps[name] = float32_features(path, self.cache_dir)
+        return features
 
     def _labelled(self, features_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
         features = self._features(features_name)
@@ -398,7 +404,7 @@ class TimitDataModule(pl.LightningDataModule):
         """A dataset of the rows ``scored`` (a mask over the row space ``space``), each with
         its label (from ``labels``; row ids where None, in ``predict``): rows, or utterances, as
         ``batch_by`` says. Utterances are served whole, unscored rows (test rows, held-out
-        labels) carrying label -1, where other rows share them (``split: labels``, or a
+        labels) carrying :data:`UNLABELLED`, where other rows share them (``split: labels``, or a
         re-ordered folder); as the scored rows' stretches otherwise. Each dataset names its
         row space (``dataset.file``), so that what needs its utterances asks
         :meth:`utterance_starts`; with ``features_on_device`` on an accelerator, the file
@@ -409,7 +415,7 @@ class TimitDataModule(pl.LightningDataModule):
                 utterance = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
                 rows = np.flatnonzero(np.isin(utterance, utterance[rows]))
             if labels is not None:
-                labels = np.where(scored, labels, -1)
+                labels = np.where(scored, labels, UNLABELLED)
             dataset = UtteranceDataset(features, labels, rows, starts)
         else:
             dataset = self._frames(key, features, labels, rows)
@@ -454,7 +460,8 @@ class TimitDataModule(pl.LightningDataModule):
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=any(f.is_cuda for f, _ in self._on_device.values()),  # ids cross without a host sync
+            # Pinned on a CUDA device: batches (or, with features_on_device, row ids) cross without a host sync.
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
         )
 
     def train_dataloader(self) -> DataLoader:

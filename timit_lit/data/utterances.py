@@ -180,13 +180,15 @@ def windows(frames: np.ndarray, starts: np.ndarray, rows: np.ndarray, width: int
     return frames[index].reshape(len(rows), width * frames.shape[1])
 
 
-def windows_torch(frames: torch.Tensor, starts: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+def windows_torch(frames: torch.Tensor, starts: torch.Tensor, rows: torch.Tensor, width: int,
+                  n_rows: Optional[int] = None) -> torch.Tensor:
     """:func:`windows` on tensors (all on one device, e.g. the GPU): the same index arithmetic.
 
     ``rows`` are not range-checked here (that would wait for the GPU); pass valid ones.
+    ``n_rows`` (``starts[-1]``, known on the host) spares a read of the device per call.
     """
     half = _half_width(width)
-    edge = _edge_frames(len(frames), int(starts[-1]), len(starts) - 1)
+    edge = _edge_frames(len(frames), int(starts[-1]) if n_rows is None else n_rows, len(starts) - 1)
     rows = rows.to(torch.int64)
     utterance = torch.searchsorted(starts, rows, right=True) - 1
     shift = edge * (2 * utterance + 1)
@@ -215,17 +217,19 @@ class ContextWindows:
         return windows(self.frames, self.starts, rows, self.width)
 
     def to(self, device: torch.device) -> "_DeviceWindows":
-        return _DeviceWindows(torch.from_numpy(self.frames).to(device), torch.from_numpy(self.starts).to(device), self.width)
+        return _DeviceWindows(torch.from_numpy(self.frames).to(device), torch.from_numpy(self.starts).to(device), self.width,
+                              len(self))
 
 
 class _DeviceWindows:
-    """:class:`ContextWindows` with its frames on the accelerator."""
+    """:class:`ContextWindows` with its frames on the accelerator (and its row count on the host)."""
 
-    def __init__(self, frames: torch.Tensor, starts: torch.Tensor, width: int):
+    def __init__(self, frames: torch.Tensor, starts: torch.Tensor, width: int, n_rows: int):
         self.frames, self.starts, self.width, self.is_cuda = frames, starts, width, frames.is_cuda
+        self.n_rows = n_rows
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        return windows_torch(self.frames, self.starts, rows, self.width)
+        return windows_torch(self.frames, self.starts, rows, self.width, self.n_rows)
 
 
 CONFIRM_ROWS = 32768  # candidate links confirmed per batch of reads

@@ -7,22 +7,51 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
+from timit_lit.data.datasets import UNLABELLED  # noqa: F401 (documented beside IGNORED)
 from timit_lit.errors import InputError
 
-UNLABELLED = -1  # the target of a frame that is input but not scored (as padding's, timit_lit.data.UtteranceDataset)
+# The target of a padding frame (a slot of a padded utterance batch past the utterance's end):
+# the loss and the accuracy skip it, and so do validation's, test's and predict's outputs.
+IGNORED = -1
+# The target of a real frame that is input only (UNLABELLED, timit_lit.data.datasets): the loss
+# and the accuracy skip it too, but validation's and test's outputs keep it, for decoding.
+
+
+class FrameMean(Metric):
+    """An average per frame over an epoch, from per-batch sums and frame counts kept on the
+    device and summed over processes: what Lightning's ``self.log(value, batch_size=n)``
+    computes, with ``n`` a tensor (the real frames of a padded batch), so no step reads it.
+    torchmetrics' own ``MeanMetric`` drops its weights when its NaN checks (host reads) are
+    off, and ``MulticlassAccuracy(ignore_index=...)`` drops ignored frames by boolean indexing."""
+
+    full_state_update = False
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        # float32 sums as Lightning's; accuracy counts correct frames in int64 (exact at any size).
+        self.add_state("total", torch.tensor(0, dtype=dtype), dist_reduce_fx="sum")
+        self.add_state("frames", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, total: torch.Tensor, frames: torch.Tensor) -> None:
+        self.total += total
+        self.frames += frames
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.frames
 
 
 class PhoneModel(pl.LightningModule):
     """What every network of this project shares: cross-entropy on the labelled frames,
-    torchmetrics accuracy, epoch-level logging, Adam, predictions as (row id, class,
+    frame accuracy, epoch-level logging, Adam, predictions as (row id, class,
     posteriors) per frame, so the CSV writer and the decoder never see the network, and
     the phone statistics of its training split, for the decoder, carried in its checkpoints.
 
     A subclass builds its network and says, in :meth:`frame_logits`, how a batch becomes
-    one row of logits per real frame. The CLI takes any subclass as ``model.class_path``
+    one row of logits per frame (padding's rows ignored). The CLI takes any subclass as ``model.class_path``
     (default :class:`PhoneClassifier`). ``batch_by`` names the batches it takes
     (:class:`timit_lit.data.TimitDataModule`'s option of that name).
     """
@@ -32,15 +61,13 @@ class PhoneModel(pl.LightningModule):
 
     def __init__(self, num_classes: int, lr: float):
         super().__init__()
-        # validate_args=False: the data module has checked the labels, and the checks
-        # would synchronise with the device on every step.
-        # Frames labelled UNLABELLED (test rows and held-out labels inside utterances) count nowhere.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False, ignore_index=UNLABELLED)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False, ignore_index=UNLABELLED)
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False, ignore_index=UNLABELLED)
+        # Loss and accuracy per frame, summed on the device and read once per epoch (no host read per step).
+        self.train_loss, self.val_loss, self.test_loss = FrameMean(), FrameMean(), FrameMean()
+        self.train_acc, self.val_acc, self.test_acc = FrameMean(torch.long), FrameMean(torch.long), FrameMean(torch.long)
         # Validation counts (true x predicted) for TensorBoard's figures (timit_lit.callbacks.monitoring);
         # they add up on the device, read once per epoch. Not part of the checkpoint.
-        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False, ignore_index=UNLABELLED)
+        # validate_args=False: the data module has checked the labels, and the checks would read the device.
+        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.lr = lr
         # Counted by fit (timit_lit.callbacks.ViterbiEvaluation), saved and read back with the
         # checkpoint, so that decoding needs no training files; None if not yet known.
@@ -65,43 +92,57 @@ class PhoneModel(pl.LightningModule):
             self.phone_statistics = PhoneStatistics.from_state_dict(saved) if saved is not None else None
 
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, targets)``: one row of class logits per real frame of ``batch``, in the
-        batch's frame order, and each frame's label (:data:`UNLABELLED` where the frame is
-        input only) or, in ``predict``, its row id."""
+        """``(logits, targets)``: one row of class logits per frame of ``batch``, in the batch's
+        frame order, and each frame's label (or, in ``predict``, its row id). A batch of padded
+        utterances gives a row for every frame slot, its padding included, with the target
+        :data:`IGNORED` there: the rows keep their shapes, so no step waits to count the real
+        frames (:meth:`real_frames` drops the padding where an output needs it)."""
         raise NotImplementedError
 
-    def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and accuracy of one batch, logged as epoch averages under ``stage/``; returns
-        the loss and the frame logits."""
+    def real_frames(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`frame_logits`' rows without the padding, in float32 (for decoding, posteriors
+        and figures, whatever the training precision). Row batches hold no padding; utterance
+        batches are cut by boolean indexing, which reads the device once (evaluation only)."""
+        if self.batch_by != "rows":
+            real = targets != IGNORED
+            logits, targets = logits[real], targets[real]
+        return logits.float(), targets
+
+    def _evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss and accuracy of one batch over its real frames, logged as epoch averages under
+        ``stage/``; returns the loss, the frame logits and their targets (padding: IGNORED)."""
         logits, y = self.frame_logits(batch)
-        loss = F.cross_entropy(logits, y, ignore_index=UNLABELLED,
-                               label_smoothing=self.label_smoothing if stage == "train" else 0.0)
-        accuracy.update(logits, y)
-        if stage == "val":
-            self.val_confusion.update(logits, y)
-        # Epoch-level only: per-step logging would cost time on every step.
-        # Weighted by the frames the loss averages over: the labelled ones.
-        labelled = int((y != UNLABELLED).sum())
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=labelled, sync_dist=True)
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        # The mean over labelled frames: padding's and unlabelled frames' targets are ignored.
+        loss = F.cross_entropy(logits, y.clamp(min=IGNORED), ignore_index=IGNORED, label_smoothing=smoothing)
+        frames = (y >= 0).sum()
+        losses, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
+        losses.update(loss.detach() * frames, frames)
+        accuracy.update((logits.detach().argmax(dim=1) == y).sum(), frames)  # a padding target (-1) is never a class
+        # Epoch-level only: per-step logging would cost time on every step. The metrics sum over processes.
+        self.log(f"{stage}/loss", losses, on_step=False, on_epoch=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss, logits
+        return loss, logits, y
 
     def training_step(self, batch, batch_idx: int) -> Optional[torch.Tensor]:
-        return self._evaluate(batch, self.train_acc, "train")[0]
+        return self._evaluate(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """Returns the frame logits, which Viterbi decoding (timit_lit.decoding) collects."""
-        return self._evaluate(batch, self.val_acc, "val")[1]
+        """Returns the real frames' logits (float32), which Viterbi decoding (timit_lit.decoding) collects."""
+        logits, y = self.real_frames(*self._evaluate(batch, "val")[1:])
+        labelled = y >= 0
+        self.val_confusion.update(logits, y) if self.batch_by == "rows" else self.val_confusion.update(logits[labelled], y[labelled])
+        return logits
 
     def on_validation_epoch_start(self) -> None:
         self.val_confusion.reset()
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, self.test_acc, "test")[1]
+        return self.real_frames(*self._evaluate(batch, "test")[1:])[0]
 
     def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns each frame's row id in the file, its predicted class and its class posteriors."""
-        logits, row_ids = self.frame_logits(batch)
+        """Returns each frame's row id in the file, its predicted class and its class posteriors (float32)."""
+        logits, row_ids = self.real_frames(*self.frame_logits(batch))
         return row_ids, logits.argmax(dim=1), logits.softmax(dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -6,7 +6,8 @@ of any kind (MLPs of different context widths, recurrent models): the data modul
 what the most demanding member needs (the widest context; utterance batches if any member
 takes them), and each member gets its own view of the batch: its window width cut from
 the centre of each frame's wider window (the same frames: windows are clipped at
-utterance edges frame by frame), and the real frames as rows for a frame classifier.
+utterance edges frame by frame), and every frame of an utterance batch as a row for a
+frame classifier (the padding's rows ignored).
 
 Used from the command line with ``validate``, ``test`` or ``predict``:
 
@@ -26,7 +27,7 @@ from torch import nn
 from timit_lit.checkpoints import checkpoint_network, parse_error_reason, read_checkpoint
 from timit_lit.data import TimitDataModule
 from timit_lit.errors import InputError
-from timit_lit.models.base import PhoneModel
+from timit_lit.models.base import IGNORED, PhoneModel
 from timit_lit.models.mlp import PhoneClassifier
 
 
@@ -124,22 +125,24 @@ class CheckpointEnsemble(PhoneModel):
         self.phone_statistics = next((m.phone_statistics for m in self.members if m.phone_statistics is not None), None)
 
     def _member_batch(self, member: PhoneModel, batch):
-        """The batch as ``member`` takes it: its context width, rows or utterances."""
+        """The batch as ``member`` takes it: its context width, rows or utterances. A frame
+        classifier gets every frame slot of an utterance batch as a row, padding included
+        (ignored: its target is IGNORED), so that every member's rows are the same frames."""
         x, targets = batch[0], batch[1]
         if member.context != self.context:  # the centre member.context frames of each window
             first = (self.context - member.context) // 2 * self.frame_dims
             x = x[..., first : first + member.context * self.frame_dims]
         if self.batch_by == "utterances" and member.batch_by == "rows":
             lengths = batch[2].to(x.device)
-            real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-            return x[real], targets[real]
+            padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+            return x.flatten(0, 1), targets.masked_fill(padding, IGNORED).flatten()
         return (x, targets, *batch[2:])
 
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         posteriors, targets = 0.0, None
         for member in self.members:
             logits, targets = member.frame_logits(self._member_batch(member, batch))
-            posteriors = posteriors + logits.softmax(dim=1)
+            posteriors = posteriors + logits.float().softmax(dim=1)  # averaged in float32, whatever the precision
         return (posteriors / len(self.members)).clamp_min(1e-30).log(), targets
 
     def on_fit_start(self) -> None:

@@ -9,6 +9,7 @@ from torch import nn
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.errors import InputError
+from timit_lit.lightning_api import count_own_optimizer_steps, move_optimizer_steps
 from timit_lit.models.base import PhoneModel
 from timit_lit.models.train_steps import TrainSteps, auto_steps_per_call, why_lightning_steps
 
@@ -101,15 +102,11 @@ class PhoneClassifier(PhoneModel):
         if self._steps is None:
             optimizer = self.optimizers().optimizer  # the torch optimizer itself
             self._steps = TrainSteps(self.net, optimizer, self.device, graph=self.hparams.cuda_graph)
-        epoch_loop = self.trainer.fit_loop.epoch_loop
-        progress = epoch_loop.manual_optimization.optim_step_progress  # global_step
         for x, y in batches:
-            progress.increment_ready()
             self._steps(x, y)
-            progress.increment_completed()
-        # Lightning counts this call as one batch; count every step, so that the logged curves'
-        # steps (TensorBoard's x axis) are optimizer steps, as with steps_per_call 1.
-        epoch_loop._batches_that_stepped += len(batches) - 1
+        # Lightning counts this call as one batch; count every step in global_step and in the logged
+        # curves' steps (TensorBoard's x axis), which are then optimizer steps, as with steps_per_call 1.
+        count_own_optimizer_steps(self.trainer, len(batches))
         loss_sum, correct = self._steps.take_totals()
         rows = sum(len(y) for _, y in batches)
         self.log("train/loss", loss_sum / rows, on_step=False, on_epoch=True, batch_size=rows)
@@ -143,16 +140,9 @@ class PhoneClassifier(PhoneModel):
             )
 
     def on_train_start(self) -> None:
-        # Lightning counts global_step in its own steps' counter or in the model's (manual
-        # optimization), by the mode the run is in now. A run resumed in the other mode (steps_per_call
-        # auto chooses afresh each time) counts on from its checkpoint: the steps move to the counter in use.
-        loop = self.trainer.fit_loop.epoch_loop
-        lightning = loop.automatic_optimization.optim_progress.optimizer.step.total
-        own = loop.manual_optimization.optim_step_progress.total
-        source, target = (own, lightning) if self.automatic_optimization else (lightning, own)
-        if source.completed:
-            target.ready, target.completed = target.ready + source.ready, target.completed + source.completed
-            source.ready = source.completed = 0
+        # A run resumed in the other mode (steps_per_call auto chooses afresh each time) counts on
+        # from its checkpoint: the steps move to the counter of the mode in use.
+        move_optimizer_steps(self.trainer, to_manual=not self.automatic_optimization)
 
     def _choose_steps_per_call(self) -> None:
         """``steps_per_call: auto``: as many steps per call as :func:`auto_steps_per_call` says,

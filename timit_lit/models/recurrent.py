@@ -10,7 +10,8 @@ Each bidirectional layer is two unidirectional layers: one reads the batch as it
 other reads each utterance reversed within its own length (padding stays at the end), and
 its output is reversed back. Both therefore meet an utterance's real frames before any
 padding, so the padding never changes a real frame's output; loss, accuracy and
-predictions then take the real frames only (tests/test_recurrent.py). This is what
+predictions then take the real frames only (padding's targets are ignored;
+tests/test_recurrent.py). This is what
 ``pack_padded_sequence`` with a bidirectional ``nn.LSTM`` computes, but on CPU it runs
 6x faster (1.80 s against 11.07 s for a training step of 16 utterances of up to 400
 frames, 3 layers of 256 units, 2 cores: ``benchmarks/recurrent.py``): unpacked
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from timit_lit.errors import InputError
-from timit_lit.models.base import PhoneModel
+from timit_lit.models.base import IGNORED, PhoneModel
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -68,6 +69,11 @@ class RecurrentPhoneClassifier(PhoneModel):
             feature dimensions set to 0 over a whole utterance (SpecAugment's frequency masks).
         feature_mask_dims: widest feature mask.
         steps_per_call: linked from the data, which allows only 1 with utterance batches.
+        phase_average: with ``frames_per_step`` k > 1, evaluation and prediction (never
+            training) average the class posteriors of the k groupings of frames into steps
+            (the utterance shifted by 0..k-1 frames; :meth:`phase_averaged`): k forward
+            passes. An evaluation setting, not saved in checkpoints: the command line or
+            config decides it for each run.
     """
 
     batch_by = "utterances"
@@ -93,9 +99,11 @@ class RecurrentPhoneClassifier(PhoneModel):
         feature_masks: int = 0,
         feature_mask_dims: int = 8,
         steps_per_call: Union[int, Literal["auto"]] = "auto",
+        phase_average: bool = False,
     ):
         super().__init__(num_classes, lr)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["phase_average"])
+        self.phase_average = phase_average
         if frames_per_step < 1:
             raise InputError(f"model.frames_per_step must be >= 1, got {frames_per_step}")
         if conv_channels and conv_kernel % 2 == 0:
@@ -137,6 +145,19 @@ class RecurrentPhoneClassifier(PhoneModel):
         logits = self.head(self.dropout(h))  # utterances x steps x (k * classes)
         return logits.reshape(n_utterances, -1, self.num_classes)[:, :n_frames]
 
+    def phase_averaged(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Log of the mean class posteriors of the ``frames_per_step`` groupings of frames into
+        steps, as logits (``utterances x frames x classes``). Grouping ``s`` puts ``s`` zero
+        frames (the features' mean) before each utterance, so its steps start ``s`` frames
+        earlier; those frames' outputs are dropped. Each grouping errs on its own side of the
+        steps' edges; their average smooths that out."""
+        lengths = lengths.to(x.device)
+        total = 0.0
+        for shift in range(self.frames_per_step):
+            logits = self(F.pad(x, (0, 0, shift, 0)), lengths + shift)[:, shift:]
+            total = total + logits.softmax(dim=2)
+        return (total / self.frames_per_step).log()
+
     def configure_optimizers(self):
         hp = self.hparams
         if hp.weight_decay:
@@ -151,13 +172,16 @@ class RecurrentPhoneClassifier(PhoneModel):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
 
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every frame slot of the padded batch, utterance by utterance, frames in time order;
+        the padding's targets are IGNORED (set from ``lengths``, whatever the batch holds there)."""
         x, targets, lengths = batch
         lengths = lengths.to(x.device)
-        real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
         if self.training:
             x = self.masking(x, lengths)
-        # Boolean indexing keeps row-major order: utterance by utterance, frames in time order.
-        return self(x, lengths)[real], targets[real]
+        averaged = self.phase_average and self.frames_per_step > 1 and not self.training
+        logits = self.phase_averaged(x, lengths) if averaged else self(x, lengths)
+        return logits.flatten(0, 1), targets.masked_fill(padding, IGNORED).flatten()
 
 
 class ConvFrontEnd(nn.Module):

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from timit_lit.callbacks.monitoring import EpochThroughput
+from timit_lit.lightning_api import every_n_train_steps
 
 WARMUP_STEPS = 3
 # ``data.steps_per_call: auto`` hands the model about this many rows per Lightning step; from
@@ -76,7 +77,7 @@ def why_lightning_steps(trainer: "pl.Trainer", model: "pl.LightningModule", base
         if not isinstance(callback, PER_CALL_CALLBACKS):  # its batch hooks would see a call's list of batches
             hooks += ("on_train_batch_start", "on_train_batch_end")
         overridden += [f"{type(callback).__name__}.{name}" for name in hooks if is_overridden(name, callback, pl.Callback)]
-        if getattr(callback, "_every_n_train_steps", 0):
+        if every_n_train_steps(callback):
             overridden.append(f"{type(callback).__name__} every_n_train_steps")
     if overridden:
         return f"{', '.join(overridden)} must run on every step"
@@ -125,7 +126,9 @@ class TrainSteps:
             if self.graph is None:
                 self.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
+                # thread_local: only this thread's CUDA calls are checked during capture, so a DataLoader
+                # worker thread (pin_memory's) calling CUDA meanwhile does not break the capture.
+                with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                     self._step(self.x, self.y)  # recorded, not run
             self.graph.replay()
 

@@ -1,0 +1,37 @@
+"""The shipped configs compose as their comments say: each GPU config on the configs it
+layers on parses and trains a few steps (on the CPU here, the accelerator overridden; on a
+GPU as written: tests/test_gpu.py), and an option a network does not take is one line."""
+
+import pytest
+
+from conftest import REPO, run_in
+
+CONFIGS = REPO / "configs"
+ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"]
+
+
+@pytest.mark.parametrize("base", ["baseline.yaml", "strong_mlp.yaml"])
+def test_gpu_yaml_on_the_mlp_configs(tiny_data, tmp_path, base):
+    cli = run_in(tmp_path, "fit", "--config", str(CONFIGS / base), "--config", str(CONFIGS / "gpu.yaml"),
+                 "--data.data_dir", str(tiny_data), *ON_CPU, "--model.cuda_graph", "false")  # CUDA graphs need CUDA
+    assert cli.datamodule.steps_per_call == 64 and cli.datamodule.features_on_device
+    assert cli.model.own_steps == "data.steps_per_call > 1"
+    assert cli.trainer.global_step == -(-len(cli.datamodule._loaded["train"]) // cli.datamodule.batch_size)
+
+
+def test_gpu_recurrent_yaml_on_recurrent_yaml(tiny_data, tmp_path):
+    cli = run_in(tmp_path, "fit", "--config", str(CONFIGS / "recurrent.yaml"), "--config",
+                 str(CONFIGS / "gpu_recurrent.yaml"), "--data.data_dir", str(tiny_data), *ON_CPU,
+                 "--model.hidden_size", "16", "--model.num_layers", "1", "--data.batch_size", "4",
+                 "--trainer.limit_train_batches", "2")
+    assert cli.trainer.precision == "bf16-mixed" and cli.trainer.global_step == 2
+
+
+def test_an_option_the_network_does_not_take_is_one_line(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_in(tmp_path, "fit", "--config", str(CONFIGS / "recurrent.yaml"), "--config", str(CONFIGS / "gpu.yaml"),
+               "--data.data_dir", str(tiny_data))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["timit_lit: error: model.cuda_graph: the network RecurrentPhoneClassifier takes no such option "
+                   "(model.class_path timit_lit.models.RecurrentPhoneClassifier)"]
