@@ -125,7 +125,9 @@ def test_validate_on_either_split(split, tiny_data, learnt_checkpoint, tmp_path)
     features = np.load(tiny_data / "train_11.npy")
     labels = np.load(tiny_data / "train_label_11.npy").astype(np.int64)
     starts = utterance_starts(features)
-    _, rows = TimitDataModule(str(tiny_data), **options)._split(len(features), starts)
+    dm = TimitDataModule(str(tiny_data), **options)
+    dm.setup("validate")
+    rows = dm.dataset("val").rows.numpy()
     if split == "contiguous":
         assert rows[0] not in starts  # the cut is inside an utterance in this data
     model = PhoneClassifier.load_from_checkpoint(learnt_checkpoint, map_location="cpu").eval()
@@ -161,7 +163,9 @@ def test_utterance_batches_of_a_recurrent_model(tiny_data, tmp_path):
     features = np.load(tiny_data / "train_11.npy")
     labels = np.load(tiny_data / "train_label_11.npy").astype(np.int64)
     starts = utterance_starts(features)
-    _, rows = TimitDataModule(str(tiny_data), val_ratio=0.2, split="utterance")._split(len(features), starts)
+    dm = TimitDataModule(str(tiny_data), val_ratio=0.2, split="utterance")
+    dm.setup("validate")
+    rows = dm.dataset("val").rows.numpy()
     segments = segments_of(rows, starts)
     model = RecurrentPhoneClassifier.load_from_checkpoint(best, map_location="cpu").eval()
     centre = slice(5 * 39, 6 * 39)  # context 1: each row's centre frame
