@@ -59,7 +59,7 @@ def posteriors(args, split: str) -> dict:
     start, parts = time.perf_counter(), []
     with torch.no_grad():
         for batch in loader:
-            parts.append(model.frame_logits(batch)[0].log_softmax(dim=1))
+            parts.append(model.real_frames(*model.frame_logits(batch))[0].log_softmax(dim=1))
     dataset = data._loaded[split]
     rows = dataset.rows.numpy()
     file = TRAIN_FEATURES if split == "val" else TEST_FEATURES

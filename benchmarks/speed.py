@@ -12,7 +12,7 @@ Adam 1e-4) on generated course-shaped rows, measured three ways:
   index batches, nothing else: the limit for this model on this machine;
 - `timit_lit`: `fit` through the CLI's classes (TimitDataModule, PhoneClassifier, Trainer),
   timed per epoch by a callback, epochs after the first, no validation; `default` is
-  the config as shipped (`data.steps_per_call: auto`), and `--variant` adds others.
+  the config as shipped (`model.steps_per_call: auto`), and `--variant` adds others.
 Memory: peak resident memory (and proportional set size, which counts shared pages once)
 of `python -m timit_lit fit` (1 epoch) and `predict` on 1,229,932 x 429 and 451,552 x 429
 files, float32 and float64, and of a 2-process DDP fit.
@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from timit_lit.cli import TimitCLI
-from timit_lit.runtime import _quiet_known_warnings
+from timit_lit.runtime import quiet_known_warnings
 from timit_lit.data import TimitDataModule
 from timit_lit.models import PhoneModel
 from timit_lit.models.mlp import mlp
@@ -300,13 +300,13 @@ def main() -> None:
     parser.add_argument("--rows-per-timing", type=int, default=100_000, help="rows trained per timed epoch")
     parser.add_argument("--epochs", type=int, default=3, help="timit_lit epochs (the first is not timed)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
-                        help="a timit_lit run with extra CLI options, e.g. 'k32=--data.steps_per_call 32'")
+                        help="a timit_lit run with extra CLI options, e.g. 'k32=--model.steps_per_call 32'")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory on course-sized files")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--tmp", default=None, help="folder for the course-sized files (needs ~12 GB)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    _quiet_known_warnings()
+    quiet_known_warnings()
     args.variants = [("default", [])] + [(v.split("=", 1)[0], v.split("=", 1)[1].split()) for v in args.variant]
     device = torch.device(args.device)
     print(f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

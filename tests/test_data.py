@@ -29,11 +29,11 @@ def test_contiguous_split_as_in_the_notebook(tiny_data):
     dm = TimitDataModule(str(tiny_data), val_ratio=0.2)
     dm.setup("fit")
     n_train = int(len(features) * 0.8)
-    assert len(dm._loaded["train"]) == n_train and len(dm._loaded["val"]) == len(features) - n_train
+    assert len(dm.train_dataloader().dataset) == n_train and len(dm.val_dataloader().dataset) == len(features) - n_train
     # The first 80% of rows train, the rest validate, in file order.
-    x, y = dm._loaded["train"].__getitems__([0, n_train - 1])
+    x, y = dm.train_dataloader().dataset.__getitems__([0, n_train - 1])
     assert torch.equal(x, torch.from_numpy(features[[0, n_train - 1]])) and y.tolist() == labels[[0, n_train - 1]].tolist()
-    x, y = dm._loaded["val"].__getitems__([0])
+    x, y = dm.val_dataloader().dataset.__getitems__([0])
     assert torch.equal(x[0], torch.from_numpy(features[n_train])) and y.item() == labels[n_train]
     # Validation batches walk the rows in order.
     batches = list(dm.val_dataloader())
@@ -50,7 +50,7 @@ def test_dimensions_come_from_the_data(tiny_data, tmp_path):
 def test_val_ratio_zero_trains_on_everything(tiny_data):
     dm = TimitDataModule(str(tiny_data), val_ratio=0.0)
     dm.setup("fit")
-    assert len(dm._loaded["train"]) == len(np.load(tiny_data / "train_11.npy"))
+    assert len(dm.train_dataloader().dataset) == len(np.load(tiny_data / "train_11.npy"))
     assert dm.val_dataloader() == []
 
 
@@ -64,8 +64,8 @@ def test_labels_as_strings_or_numbers(tiny_data, tmp_path, labels):
     data = copy_data(tiny_data, tmp_path / "d", train_label_11=labels(strings))
     dm = TimitDataModule(str(data))
     dm.setup("fit")
-    assert dm._loaded["train"].labels.dtype == np.int64
-    assert np.array_equal(dm._loaded["train"].labels, strings.astype(np.int64))
+    assert dm.train_dataloader().dataset.labels.dtype == np.int64
+    assert np.array_equal(dm.train_dataloader().dataset.labels, strings.astype(np.int64))
 
 
 def test_float64_features_are_served_as_float32(tiny_data, tmp_path):
@@ -73,7 +73,7 @@ def test_float64_features_are_served_as_float32(tiny_data, tmp_path):
     data = copy_data(tiny_data, tmp_path / "d", train_11=features.astype(np.float64))
     dm = TimitDataModule(str(data))
     dm.setup("fit")
-    assert isinstance(dm._loaded["train"].features, np.memmap)  # mapped, not loaded
+    assert isinstance(dm.train_dataloader().dataset.features, np.memmap)  # mapped, not loaded
     x, _ = next(iter(dm.val_dataloader()))
     assert x.dtype == torch.float32
     n_train = int(len(features) * 0.8)
@@ -119,8 +119,8 @@ def test_train_loader_shuffles_whole_batches(tiny_data):
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert all(len(b[0]) == 64 for b in batches[:-1])
-    assert sum(len(b[1]) for b in batches) == len(dm._loaded["train"])
-    assert not torch.equal(batches[0][1], torch.from_numpy(dm._loaded["train"].labels[:64]))
+    assert sum(len(b[1]) for b in batches) == len(dm.train_dataloader().dataset)
+    assert not torch.equal(batches[0][1], torch.from_numpy(dm.train_dataloader().dataset.labels[:64]))
 
 
 def test_synthetic_option_writes_the_demo_data_once(tmp_path):
@@ -145,7 +145,7 @@ def test_utterance_split_keeps_utterances_whole(tmp_path):
     def split(seed):
         dm = TimitDataModule(str(tmp_path), split="utterance", split_seed=seed, val_ratio=0.2)
         dm.setup("fit")
-        return dm._loaded["train"].rows.numpy(), dm._loaded["val"].rows.numpy()
+        return dm.train_dataloader().dataset.rows.numpy(), dm.val_dataloader().dataset.rows.numpy()
 
     train, val = split(0)
     n_rows = starts[-1]
@@ -188,13 +188,13 @@ def test_context_windows_of_any_odd_width(tiny_data):
     features = np.load(tiny_data / "train_11.npy")
     same = TimitDataModule(str(tiny_data), context=11, split="utterance")
     same.setup("fit")
-    x, _ = same._loaded["train"].__getitems__([0, 5, 17])
-    assert torch.equal(x, torch.from_numpy(features[same._loaded["train"].rows[[0, 5, 17]].numpy()]))
+    x, _ = same.train_dataloader().dataset.__getitems__([0, 5, 17])
+    assert torch.equal(x, torch.from_numpy(features[same.train_dataloader().dataset.rows[[0, 5, 17]].numpy()]))
 
     wide = TimitDataModule(str(tiny_data), context=21)
     assert wide.input_dim == 21 * 39
     wide.setup("fit")
-    x, _ = wide._loaded["train"].__getitems__([0, 100])
+    x, _ = wide.train_dataloader().dataset.__getitems__([0, 100])
     assert x.shape == (2, 21 * 39) and x.dtype == torch.float32
     # The middle 11 frames of a 21-frame window are the file's row.
     assert torch.equal(x[:, 5 * 39 : 16 * 39], torch.from_numpy(features[[0, 100]]))

@@ -160,6 +160,19 @@ def test_decoding_is_scored_in_validate_and_test(stage, tiny_data, best_checkpoi
     # (whether decoding helps is measured on the replica, docs/results.md; the tiny run's model is near chance)
 
 
+def test_decoding_and_phone_errors_score_the_same_rows_under_a_batch_limit(tiny_data, best_checkpoint, tmp_path):
+    """With limit_test_batches the steps cover the first rows only; both evaluations read the
+    one collector of the epoch's predictions, so both score exactly those rows."""
+    cli = run_in(tmp_path, "test", "--ckpt_path", str(best_checkpoint), "--data.data_dir", str(tiny_data),
+                 "--data.eval_batch_size", "200", "--trainer.limit_test_batches", "2", "--decoding.enabled", "true",
+                 "--decoding.transition_weight", "0", "--decoding.prior_weight", "0")
+    metrics = {k: v.item() for k, v in cli.trainer.callback_metrics.items()}
+    labels = np.load(tiny_data / "test_label_11.npy")
+    assert len(labels) > 400  # the limit leaves rows out
+    assert metrics["test/acc_viterbi"] == pytest.approx(metrics["test/acc"], abs=1e-6)  # weights 0 = argmax
+    assert metrics["test/per_viterbi"] == metrics["test/per"]
+
+
 def saved_statistics(checkpoint) -> PhoneStatistics:
     return PhoneStatistics.from_state_dict(torch.load(checkpoint, weights_only=True)[STATISTICS_KEY])
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import timit_lit.callbacks.prediction
-import timit_lit.callbacks.resume
+import timit_lit.atomic
 from conftest import BASELINE, FAST, QUIET, REPO, run_in
 from test_errors import fails_with
 from timit_lit.models import PhoneModel
@@ -236,7 +235,7 @@ def test_a_full_disk_keeps_the_previous_file(target, tiny_data, best_checkpoint,
         file = open(path, mode, **kwargs)
         return FullDisk(file) if os.path.basename(path).startswith(f".{target}.tmp") else file
 
-    monkeypatch.setattr(timit_lit.callbacks.prediction, "open", full_open, raising=False)
+    monkeypatch.setattr(timit_lit.atomic, "open", full_open, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, *predict_args(tiny_data, best_checkpoint, "--prediction.posteriors_path", "posteriors.npy"))
     err = capsys.readouterr().err
@@ -257,7 +256,7 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(tiny_data, 
         file = open(path, mode, **kwargs)
         return FullDisk(file) if ".ckpt.tmp" in os.path.basename(path) else file
 
-    monkeypatch.setattr(timit_lit.callbacks.resume, "open", full_open, raising=False)
+    monkeypatch.setattr(timit_lit.atomic, "open", full_open, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, *fit, "--trainer.max_epochs", "2", "--ckpt_path", "last")
     err = capsys.readouterr().err
@@ -295,6 +294,7 @@ TRAINING_STATE_CASES = {
                                      "optimizer_states[0].param_groups[0].lr is 'fast', not a number"),
     "state for no parameter": (damage_optimizer("state", lambda s: {**s, 99: {}}), "optimizer_states[0].state[99] belongs to no parameter"),
     "no optimizer states": (lambda c: c.update(optimizer_states=[]), "optimizer_states is 0 values, where this run has 1"),
+    "a scheduler this run lacks": (lambda c: c.update(lr_schedulers=[{"last_epoch": 3}]), "lr_schedulers is 1 values, where this run has 0"),
     "a loop count that is text": (damage_loop("epoch_progress", "current", "completed", value="one"),
                                   "loops.fit_loop.epoch_progress.current.completed is 'one', not an integer"),
     "a loop entry missing": (damage_loop("epoch_loop.batch_progress", value=None), "loops.fit_loop has no epoch_loop.batch_progress"),

@@ -86,10 +86,10 @@ def test_gradient_clipping_changes_the_weights_only_when_it_clips(tiny_data, pla
                          ids=["gradient_clip_val", "accumulate_grad_batches"])
 def test_own_optimizer_steps_refuse_clipping_and_accumulation_in_one_line(option, tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        fit(tmp_path, tiny_data, "--data.steps_per_call", "4", *option)
+        fit(tmp_path, tiny_data, "--model.steps_per_call", "4", *option)
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("timit_lit: error: data.steps_per_call > 1 takes the optimizer steps itself, so Lightning "
+    assert line.startswith("timit_lit: error: model.steps_per_call > 1 takes the optimizer steps itself, so Lightning "
                            "clips no gradients and accumulates no batches"), line
 
 

@@ -185,12 +185,15 @@ def test_label_smoothing_changes_the_training_loss_only():
     torch.manual_seed(0)
     smooth = RecurrentPhoneClassifier(input_dim=39, num_classes=39, hidden_size=8, num_layers=1, label_smoothing=0.1)
     x, y, lengths = torch.randn(2, 7, 39), torch.randint(0, 39, (2, 7)), torch.tensor([7, 4])
-    smooth.log = lambda *args, **kwargs: None  # no trainer here
+    logged = {}
+    smooth.log = lambda name, value, **kwargs: logged.__setitem__(name, value)  # no trainer here
     smooth.eval()
     with torch.no_grad():
         logits, targets = smooth.real_frames(*smooth.frame_logits((x, y, lengths)))
-        val_loss = smooth._evaluate((x, y, lengths), "val")[0]
-        train_loss = smooth._evaluate((x, y, lengths), "train")[0]
+        train_loss = smooth.training_step((x, y, lengths), 0)
+        smooth.validation_step((x, y, lengths), 0)
+        val_loss = logged["val/loss"].compute()
+    assert logged["train/loss"].compute().item() == pytest.approx(train_loss.item(), abs=1e-6)
     assert val_loss.item() == pytest.approx(F.cross_entropy(logits, targets).item(), abs=1e-6)
     assert train_loss.item() == pytest.approx(F.cross_entropy(logits, targets, label_smoothing=0.1).item(), abs=1e-6)
     assert train_loss.item() != pytest.approx(val_loss.item(), abs=1e-4)
@@ -327,3 +330,32 @@ def test_phase_averaging_from_the_command_line_for_any_checkpoint(tiny_data, tmp
         out = tmp_path / f"prediction_{averaged}.csv"
         run_in(tmp_path, "predict", *common, *option, "--ckpt_path", str(best), "--prediction.output_path", str(out))
         assert out.read_text().splitlines()[1:] == [f"{i},{c}" for i, c in enumerate(expected[averaged])]
+def test_a_checkpoint_from_when_steps_per_call_was_a_data_option_still_loads(tiny_data, tmp_path):
+    """steps_per_call was once a data option linked into every network's hyperparameters; a
+    recurrent checkpoint of then carries it twice (the network now refuses it as an argument)
+    and still tests, predicts, resumes and joins an ensemble as one saved without it."""
+    common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.val_ratio", "0.2",
+              "--model.schedule", "constant"]  # (a one-cycle's length is fixed: it cannot resume for more epochs)
+    run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "1")
+    now = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(now, weights_only=True)
+    assert "steps_per_call" not in saved["hyper_parameters"] and "steps_per_call" not in saved["datamodule_hyper_parameters"]
+    saved["hyper_parameters"]["steps_per_call"] = "auto"
+    saved["datamodule_hyper_parameters"]["steps_per_call"] = "auto"
+    old = tmp_path / "old.ckpt"
+    torch.save(saved, old)
+
+    scores = {}
+    for name, checkpoint in (("now", now), ("old", old)):
+        cli = run_in(tmp_path, "test", *common, "--ckpt_path", str(checkpoint))
+        assert type(cli.model) is RecurrentPhoneClassifier
+        scores[name] = float(cli.trainer.callback_metrics["test/acc"])
+        run_in(tmp_path, "predict", "--data.data_dir", str(tiny_data), "--ckpt_path", str(checkpoint),
+               "--prediction.output_path", f"{name}.csv")
+    assert scores["old"] == scores["now"]
+    assert (tmp_path / "old.csv").read_text() == (tmp_path / "now.csv").read_text()
+    ensemble = run_in(tmp_path, "test", "--config", str(REPO / "configs" / "ensemble.yaml"), "--data.data_dir",
+                      str(tiny_data), "--model.checkpoints", f"[{old}]")
+    assert float(ensemble.trainer.callback_metrics["test/acc"]) == scores["now"]
+    resumed = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", str(old))
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 2 * saved["global_step"]

@@ -28,14 +28,14 @@ def fit(workdir, data, *options: str):
 @pytest.mark.parametrize(
     "options",
     [
-        ["--data.steps_per_call", "5"],  # ~29 batches per epoch: the last call is short and ends ragged
+        ["--model.steps_per_call", "5"],  # ~29 batches per epoch: the last call is short and ends ragged
         ["--data.features_on_device", "true"],
-        ["--data.steps_per_call", "8", "--data.features_on_device", "true"],
+        ["--model.steps_per_call", "8", "--data.features_on_device", "true"],
     ],
     ids=["steps_per_call", "features_on_device", "both"],
 )
 def test_speed_options_train_the_same_weights(tiny_data, tmp_path, options):
-    plain_weights, plain_metrics = fit(tmp_path / "plain", tiny_data, "--data.steps_per_call", "1")  # Lightning's steps
+    plain_weights, plain_metrics = fit(tmp_path / "plain", tiny_data, "--model.steps_per_call", "1")  # Lightning's steps
     weights, metrics = fit(tmp_path / "fast", tiny_data, *options)
     assert weights.keys() == plain_weights.keys()
     for name, tensor in weights.items():
@@ -75,7 +75,7 @@ def test_no_host_sync_per_training_step(tiny_data, tmp_path, steps_per_call):
             workdir = tmp_path / f"k{steps_per_call}-{batches}"
             workdir.mkdir()
             run_in(workdir, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data),
-                   "--data.steps_per_call", str(steps_per_call), "--trainer.max_epochs", "1",
+                   "--model.steps_per_call", str(steps_per_call), "--trainer.max_epochs", "1",
                    "--trainer.limit_train_batches", str(batches), "--trainer.limit_val_batches", "0",
                    "--trainer.logger", "false")
         return run
@@ -100,8 +100,8 @@ ON_GPU = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--data.feat
 
 @needs_cuda
 def test_cuda_graph_trains_like_eager_steps(tiny_data, tmp_path):
-    eager_weights, eager_metrics = fit(tmp_path / "eager", tiny_data, *ON_GPU, "--data.steps_per_call", "8")
-    graph_weights, graph_metrics = fit(tmp_path / "graph", tiny_data, *ON_GPU, "--data.steps_per_call", "8",
+    eager_weights, eager_metrics = fit(tmp_path / "eager", tiny_data, *ON_GPU, "--model.steps_per_call", "8")
+    graph_weights, graph_metrics = fit(tmp_path / "graph", tiny_data, *ON_GPU, "--model.steps_per_call", "8",
                                        "--model.cuda_graph", "true")
     for name, tensor in graph_weights.items():  # fused, capturable Adam rounds differently in the last bits
         torch.testing.assert_close(tensor, eager_weights[name], rtol=1e-4, atol=1e-5)
@@ -113,7 +113,7 @@ def test_cuda_graph_trains_like_eager_steps(tiny_data, tmp_path):
 # steps_per_call 1 (Lightning's automatic optimization) is left out: on an H200 this count grew
 # with the steps although a trace of a steady-state step in sync-error mode raised nothing;
 # unexplained, so not claimed.
-@pytest.mark.parametrize("options", [["--data.steps_per_call", "4"], ["--data.steps_per_call", "4", "--model.cuda_graph", "true"]])
+@pytest.mark.parametrize("options", [["--model.steps_per_call", "4"], ["--model.steps_per_call", "4", "--model.cuda_graph", "true"]])
 def test_no_device_sync_per_training_step_on_gpu(tiny_data, tmp_path, options):
     import warnings
 
@@ -136,7 +136,7 @@ def test_no_device_sync_per_training_step_on_gpu(tiny_data, tmp_path, options):
 
 def test_steps_per_call_refuses_a_scheduler_it_would_not_step(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--data.steps_per_call", "4",
+        run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--model.steps_per_call", "4",
                "--optimizer", "Adam", "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1")
     assert "steps no learning-rate scheduler" in capsys.readouterr().err
 
@@ -145,9 +145,21 @@ def test_features_on_device_with_wider_context_trains_the_same_weights(tiny_data
     wide = ["--data.context", "21", "--data.split", "utterance", "--trainer.max_epochs", "1"]
     host_weights, _ = fit(tmp_path / "host", tiny_data, *wide)
     device_weights, _ = fit(tmp_path / "device", tiny_data, *wide, "--data.features_on_device", "true",
-                            "--data.steps_per_call", "4")
+                            "--model.steps_per_call", "4")
     for name, tensor in device_weights.items():
         assert torch.equal(tensor, host_weights[name]), name
+
+
+def test_label_smoothing_is_the_same_on_lightnings_steps_and_the_models_own(tiny_data, tmp_path):
+    """Both kinds of step minimise the model's training loss (PhoneModel.training_loss)."""
+    smoothed = ["--model.label_smoothing", "0.2"]
+    lightning_weights, lightning_metrics = fit(tmp_path / "lightning", tiny_data, "--model.steps_per_call", "1", *smoothed)
+    own_weights, own_metrics = fit(tmp_path / "own", tiny_data, "--model.steps_per_call", "4", *smoothed)
+    plain_weights, _ = fit(tmp_path / "plain", tiny_data, "--model.steps_per_call", "4")
+    for name, tensor in own_weights.items():
+        assert torch.equal(tensor, lightning_weights[name]), name
+    assert own_metrics == pytest.approx(lightning_metrics, rel=1e-6, abs=1e-7)
+    assert not all(torch.equal(tensor, plain_weights[name]) for name, tensor in own_weights.items())
 
 
 class EveryStep(Callback):
@@ -159,11 +171,11 @@ class EveryStep(Callback):
 
 def test_steps_per_call_auto_takes_its_own_steps_with_the_same_weights(tiny_data, tmp_path):
     """The default, ``steps_per_call: auto``, at baseline.yaml's batch of 64: 32 steps per call."""
-    plain_weights, plain_metrics = fit(tmp_path / "plain", tiny_data, "--data.steps_per_call", "1")
+    plain_weights, plain_metrics = fit(tmp_path / "plain", tiny_data, "--model.steps_per_call", "1")
     workdir = tmp_path / "auto"
     workdir.mkdir()
     cli = run_in(workdir, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--trainer.max_epochs", "2")
-    assert cli.datamodule.steps_per_call == 32 and not cli.model.automatic_optimization
+    assert cli.model.steps_per_call == 32 and not cli.model.automatic_optimization
     for name, tensor in cli.model.state_dict().items():
         assert torch.equal(tensor, plain_weights[name]), name
     metrics = {k: v.item() for k, v in cli.trainer.logged_metrics.items() if k != "train/frames_per_s"}
@@ -186,15 +198,15 @@ def _scalars(workdir):
 ], ids=["gradient_clip_val", "callback"])
 def test_steps_per_call_auto_falls_back_to_lightning_steps_with_one_info_line(tiny_data, tmp_path, monkeypatch, options,
                                                                              reason):
-    plain_weights, _ = fit(tmp_path / "plain", tiny_data, "--data.steps_per_call", "1")
+    plain_weights, _ = fit(tmp_path / "plain", tiny_data, "--model.steps_per_call", "1")
     said = []
     monkeypatch.setattr(model, "rank_zero_info", said.append)
     workdir = tmp_path / "fallback"
     workdir.mkdir()
     cli = run_in(workdir, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--trainer.max_epochs", "2",
                  *options)
-    assert cli.datamodule.steps_per_call == 1 and cli.model.automatic_optimization
-    assert said == [f"timit_lit: data.steps_per_call auto is 1 here, as {reason}: Lightning takes each optimizer "
+    assert cli.model.steps_per_call == 1 and cli.model.automatic_optimization
+    assert said == [f"timit_lit: model.steps_per_call auto is 1 here, as {reason}: Lightning takes each optimizer "
                      f"step (the same updates, slower at small batches; see docs/speed.md)"]
     for name, tensor in cli.model.state_dict().items():
         assert torch.equal(tensor, plain_weights[name]), name

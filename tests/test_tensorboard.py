@@ -88,7 +88,7 @@ def test_figures_can_be_turned_off_and_no_logger_is_fine(tiny_data, tmp_path):
 
 def test_throughput_counts_every_row_of_every_process(monkeypatch):
     """frames/s = rows of all processes / seconds from the epoch's start to its last batch's end,
-    with a batch being one (features, labels) pair or a list of them (data.steps_per_call)."""
+    with a batch being one (features, labels) pair or a list of them (model.steps_per_call)."""
     clock = iter([10.0, 11.0, 12.5])  # epoch start, end of batch 0, end of batch 1
     monkeypatch.setattr(monitoring.time, "perf_counter", lambda: next(clock))
     logged = {}

@@ -43,6 +43,12 @@ MOVED_CLASS_PATHS = {
     "timit_lit.recurrent.RecurrentPhoneClassifier": "timit_lit.models.RecurrentPhoneClassifier",
     "timit_lit.ensemble.CheckpointEnsemble": "timit_lit.models.CheckpointEnsemble",
 }
+# Hyperparameters that networks no longer take, as checkpoints saved before then carry them:
+# steps_per_call was a data option linked into every network before it became the MLP's own.
+RETIRED_HYPERPARAMETERS = {
+    "timit_lit.models.RecurrentPhoneClassifier": ("steps_per_call",),
+    "timit_lit.models.CheckpointEnsemble": ("steps_per_call",),
+}
 
 
 def find_last_checkpoint(root: Path, pattern: str = "*/checkpoints/last.ckpt") -> Optional[Path]:
@@ -76,7 +82,7 @@ def logger_version(checkpoint: dict, path: Path) -> Any:
     return int(folder[len("version_") :]) if folder.startswith("version_") and folder[8:].isdigit() else folder
 
 
-def _first_logger(config):
+def first_logger(config):
     """The first logger's config (it decides the run folder): None or True for Lightning's
     default TensorBoardLogger, False for none, else a ``class_path`` / ``init_args`` namespace."""
     logger = config.trainer.logger
@@ -85,12 +91,12 @@ def _first_logger(config):
     return logger
 
 
-def _last_checkpoint(config, asked: str = "last") -> Path:
+def ckpt_path_last(config, asked: str = "last") -> Path:
     """What ``--ckpt_path last`` means: the newest ``last.ckpt`` of the runs kept where this
     config's logger keeps them (``lightning_logs/version_*/checkpoints/`` by default)."""
     name = f"{config.last_checkpoint.filename or 'last'}.ckpt"
     root = Path(config.trainer.default_root_dir or ".")
-    logger = _first_logger(config)
+    logger = first_logger(config)
     if config.last_checkpoint.dirpath:
         where, pattern = Path(config.last_checkpoint.dirpath), name
     elif logger is False:  # no logger: Lightning writes to <default_root_dir>/checkpoints
@@ -108,7 +114,7 @@ def _last_checkpoint(config, asked: str = "last") -> Path:
     return found
 
 
-def _hpc_checkpoint(config) -> Path:
+def ckpt_path_hpc(config) -> Path:
     root = Path(config.trainer.default_root_dir or ".")
     found = find_hpc_checkpoint(root)
     if found is None:
@@ -116,10 +122,10 @@ def _hpc_checkpoint(config) -> Path:
     return found
 
 
-def _best_checkpoint(config) -> Path:
+def ckpt_path_best(config) -> Path:
     """What ``--ckpt_path best`` means: the best-``val/acc`` checkpoint of the newest run (the
     run whose ``last.ckpt`` ``--ckpt_path last`` finds), as its ``last.ckpt`` records it."""
-    last = _last_checkpoint(config, asked="best")
+    last = ckpt_path_last(config, asked="best")
     saved = read_checkpoint(last)[1].get("callbacks", {})
     monitor = config.checkpoint.monitor or "val/acc"
     recorded = next((state.get("best_model_path") for state in saved.values()
@@ -163,11 +169,20 @@ def read_checkpoint(path) -> Optional[tuple[str, dict]]:
         raise InputError(f"{path}: damaged checkpoint (its state_dict is not a mapping of names to tensors)")
     if not isinstance(checkpoint.get("datamodule_hyper_parameters", {}), dict):
         raise InputError(f"{path}: damaged checkpoint (its datamodule_hyper_parameters is not a mapping)")
-    hparams = checkpoint.get("hyper_parameters")
-    if isinstance(hparams, dict) and hparams.get("_class_path") in MOVED_CLASS_PATHS:
-        hparams["_class_path"] = MOVED_CLASS_PATHS[hparams["_class_path"]]
+    _update_old_hyperparameters(checkpoint.get("hyper_parameters"))
     checkpoint_network(str(path), checkpoint)  # before anything resolves the class it names
     return str(path), checkpoint
+
+
+def _update_old_hyperparameters(hparams) -> None:
+    """A checkpoint saved by an older timit_lit, in place: its network's class path as it is
+    now (:data:`MOVED_CLASS_PATHS`), without the hyperparameters it no longer takes
+    (:data:`RETIRED_HYPERPARAMETERS`)."""
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("_class_path"), str):
+        return
+    hparams["_class_path"] = MOVED_CLASS_PATHS.get(hparams["_class_path"], hparams["_class_path"])
+    for key in RETIRED_HYPERPARAMETERS.get(hparams["_class_path"], ()):
+        hparams.pop(key, None)
 
 
 def _check_zip(path) -> None:

@@ -29,14 +29,14 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from timit_lit.callbacks import (AtomicCheckpointIO, CsvPredictionWriter, EpochLearningRate, EpochThroughput,
                                  LastCheckpoint, PhoneDecoding, PhoneErrorEvaluation, ResumeState, RunConfig,
                                  ValidationFigures, ViterbiEvaluation)
-from timit_lit.checkpoints import (_best_checkpoint, _first_logger, _hpc_checkpoint, _last_checkpoint, logger_version,
+from timit_lit.checkpoints import (ckpt_path_best, ckpt_path_hpc, ckpt_path_last, first_logger, logger_version,
                                    one_line_parse_errors, read_checkpoint)
 from timit_lit.data import TimitDataModule
 from timit_lit.errors import InputError, option_error_line
 from timit_lit.lightning_api import CheckpointHparamsCLI, checkpoint_logged_step, set_logged_step
 from timit_lit.models import CheckpointEnsemble, PhoneModel, RecurrentPhoneClassifier
 from timit_lit.models.ensemble import ensemble_data_settings
-from timit_lit.runtime import _quiet_known_warnings, _return_large_buffers_to_the_os
+from timit_lit.runtime import quiet_known_warnings, return_large_buffers_to_the_os
 from timit_lit.summary import fit_summary
 
 # Imported so that their short names work on the command line (--model RecurrentPhoneClassifier).
@@ -80,7 +80,6 @@ class TimitCLI(CheckpointHparamsCLI):
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
         # names another PhoneModel as model.class_path; plain `model:` options apply to it.
         parser.set_defaults({"model": {"class_path": "timit_lit.models.PhoneClassifier"}})
-        parser.link_arguments("data.steps_per_call", "model.init_args.steps_per_call")
         parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
@@ -105,7 +104,7 @@ class TimitCLI(CheckpointHparamsCLI):
         config = self.config[subcommand]
         asked = config.get("ckpt_path")
         if asked in ("last", "best", "hpc"):
-            find = {"last": _last_checkpoint, "best": _best_checkpoint, "hpc": _hpc_checkpoint}[asked]
+            find = {"last": ckpt_path_last, "best": ckpt_path_best, "hpc": ckpt_path_hpc}[asked]
             config.ckpt_path = str(find(config))
             rank_zero_info(f"timit_lit: --ckpt_path {asked} is {config.ckpt_path}")
         self._checkpoint = read_checkpoint(config.ckpt_path)
@@ -145,7 +144,7 @@ class TimitCLI(CheckpointHparamsCLI):
         """Make the resumed run log into the version folder of the run it continues, so its
         curves go on where they stopped (TensorBoard reads every event file of a folder)."""
         config = self.config[subcommand]
-        logger = _first_logger(config)
+        logger = first_logger(config)
         if logger is None or logger is True:
             # Lightning's default logger, as the Trainer makes it, with the version set. The same
             # save_dir string matters: ModelCheckpoint reloads its best-k state only for the same dirpath.
@@ -170,7 +169,7 @@ class TimitCLI(CheckpointHparamsCLI):
         if checkpoint.parent.name != "checkpoints" or not any(run.glob("events.out.tfevents.*")):
             return
         config = self.config[subcommand]
-        logger = _first_logger(config)
+        logger = first_logger(config)
         place = {"save_dir": str(run.parent.parent), "name": run.parent.name, "version": run.name}
         if logger is None or logger is True:  # as instantiate_trainer's default logger
             default = {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
@@ -245,16 +244,6 @@ class TimitCLI(CheckpointHparamsCLI):
 
     def before_fit(self) -> None:
         self._check_checkpoint_fits()
-        # A model that takes its own optimizer steps (PhoneClassifier.own_steps) cannot clip or
-        # accumulate Lightning's way. Lightning refuses both before any model hook, with a
-        # traceback; say it in one line instead. The model checks the rest in on_fit_start.
-        option, trainer = getattr(self.model, "own_steps", None), self.trainer
-        if option and (trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1):
-            raise InputError(
-                f"{option} takes the optimizer steps itself, so Lightning clips no gradients and accumulates no "
-                f"batches: use steps_per_call 1 and cuda_graph false with trainer.gradient_clip_val or "
-                f"trainer.accumulate_grad_batches"
-            )
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
@@ -262,12 +251,12 @@ class TimitCLI(CheckpointHparamsCLI):
 
     def before_predict(self) -> None:
         self._check_checkpoint_fits()
-        _return_large_buffers_to_the_os()
+        return_large_buffers_to_the_os()
 
 
 def main(args: list[str] | None = None) -> TimitCLI:
     """Entry point of ``python -m timit_lit`` and ``timit-lit``; ``args`` for tests."""
-    _quiet_known_warnings()
+    quiet_known_warnings()
     try:
         return TimitCLI(
             PhoneModel,

@@ -7,7 +7,7 @@ import logging
 import warnings
 
 
-def _quiet_known_warnings() -> None:
+def quiet_known_warnings() -> None:
     """Silence warnings that are noise for this project, each for a stated reason."""
     # jsonargparse >= 4.49 deprecations of calls in Lightning's own CLI code, not ours.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
@@ -37,15 +37,15 @@ class _NoAdvert(logging.Filter):
         return "litlogger" not in str(record.msg)
 
 
-def _return_large_buffers_to_the_os() -> None:
+def return_large_buffers_to_the_os() -> None:
     """Keep glibc from holding on to freed batch buffers during `predict`.
 
     glibc raises its mmap threshold each time a large buffer is freed, and then serves the
     next multi-MB buffers (a 4096-row batch, its activations) from the heap, where the
-    outputs `predict` keeps between them stop it from shrinking: on the course's 451,552
-    test rows it grew by ~13 MB per batch, to a 2.7 GB peak. A fixed 1 MB threshold keeps
-    large buffers in their own mappings, returned to the OS when freed (peak 1.4 GB).
-    Not for `fit`: mapping every weight gradient afresh made batch-64 steps ~40% slower.
+    outputs `predict` keeps between them stop it from shrinking. A fixed 1 MB threshold keeps
+    large buffers in their own mappings, returned to the OS when freed (the peaks before and
+    after: docs/speed.md#memory). Not for `fit`: mapping every weight gradient afresh made
+    batch-64 steps slower.
     """
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD, glibc only

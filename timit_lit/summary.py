@@ -23,27 +23,27 @@ def fit_summary(trainer, command_line: list[str]) -> list[str]:
         saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
         score = best_callback.best_model_score
         score = f"{float(score):.4f} " if score is not None else ""
-        lines.append(f"  best {best_callback.monitor} {score}at epoch {saved['epoch']}: {_shown(best)}")
+        lines.append(f"  best {best_callback.monitor} {score}at epoch {saved['epoch']}: {_relative(best)}")
     elif best:
-        lines.append(f"  no validation: the last epoch's checkpoint is {_shown(best)}")
+        lines.append(f"  no validation: the last epoch's checkpoint is {_relative(best)}")
     last = Path(last_callback.dirpath or Path(best).parent) / f"{last_callback.filename}.ckpt" if last_callback else None
     if last is not None and last.is_file():
-        lines.append(f"  last epoch (resume with --ckpt_path last): {_shown(last)}")
+        lines.append(f"  last epoch (resume with --ckpt_path last): {_relative(last)}")
         best = best or str(last)
     tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None:
-        lines.append(f"  curves: tensorboard --logdir {_shown(tensorboard.root_dir)}")
+        lines.append(f"  curves: tensorboard --logdir {_relative(tensorboard.root_dir)}")
     if best:
         options = _config_and_data_options(command_line)
         data = trainer.datamodule
         commands = ["test"] if (Path(data.data_dir) / TEST_LABELS).is_file() else []
         lines.append("  next:")
         for command in (*commands, "predict"):
-            lines.append("    " + shlex.join(["python", "-m", "timit_lit", command, *options, "--ckpt_path", _shown(best)]))
+            lines.append("    " + shlex.join(["python", "-m", "timit_lit", command, *options, "--ckpt_path", _relative(best)]))
     return lines
 
 
-def _shown(path) -> str:
+def _relative(path) -> str:
     """``path`` relative to the working folder when it lies inside it, else absolute."""
     path = Path(path).absolute()
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)

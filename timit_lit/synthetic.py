@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from timit_lit.atomic import atomic_file, atomic_path
 from timit_lit.data.files import FRAME_DIMS
 
 NUM_PHONES = 39
@@ -98,13 +99,6 @@ def _split_labels(lang, seed, split, count, min_phones, max_phones):
     ]
 
 
-def _save_atomically(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # per process: DDP ranks may race here
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
 def write_synthetic_timit(
     out_dir: str | os.PathLike,
     train_utterances: int = 300,
@@ -135,20 +129,19 @@ def write_synthetic_timit(
 
     for split_id, (split, utterance_labels) in enumerate(splits.items()):
         n_rows = sum(len(lab) for lab in utterance_labels)
-        final = out / f"{split}_11.npy"
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        features = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, ROW_DIMS))
-        row = 0
-        for i, lab in enumerate(utterance_labels):
-            frames = (_frames(lang, lab, np.random.default_rng([seed, split_id, i, 1]), noise) - mean) / std
-            features[row : row + len(lab)] = splice(frames)
-            row += len(lab)
-        features.flush()
-        del features
-        os.replace(tmp, final)
+        with atomic_path(out / f"{split}_11.npy") as tmp:
+            features = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, ROW_DIMS))
+            row = 0
+            for i, lab in enumerate(utterance_labels):
+                frames = (_frames(lang, lab, np.random.default_rng([seed, split_id, i, 1]), noise) - mean) / std
+                features[row : row + len(lab)] = splice(frames)
+                row += len(lab)
+            features.flush()
+            del features
         if split == "train" or test_labels:
             labels = np.concatenate(utterance_labels) if utterance_labels else np.zeros(0, int)
-            _save_atomically(out / f"{split}_label_11.npy", labels.astype("<U2"))
+            with atomic_file(out / f"{split}_label_11.npy") as f:
+                np.save(f, labels.astype("<U2"))
     return {split: [len(lab) for lab in labs] for split, labs in splits.items()}
 
 

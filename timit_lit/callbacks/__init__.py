@@ -1,12 +1,15 @@
 """The callbacks the CLI adds to every run: Viterbi and phone-level decoding and phone errors scored in
-evaluation, TensorBoard extras, the prediction CSV writer, and what resuming needs."""
+evaluation (from one collector of the epoch's predictions), TensorBoard extras, the prediction CSV
+writer, and what resuming needs."""
 
 from timit_lit.callbacks.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
+from timit_lit.callbacks.outputs import EvaluationOutputs
 from timit_lit.callbacks.phone_decoding import PhoneDecoding
 from timit_lit.callbacks.phone_errors import PhoneErrorEvaluation
 from timit_lit.callbacks.prediction import CsvPredictionWriter
 from timit_lit.callbacks.resume import AtomicCheckpointIO, LastCheckpoint, ResumeState
 from timit_lit.callbacks.viterbi import ViterbiEvaluation
 
-__all__ = ["EpochLearningRate", "EpochThroughput", "RunConfig", "ValidationFigures", "PhoneDecoding", "PhoneErrorEvaluation",
-           "CsvPredictionWriter", "AtomicCheckpointIO", "LastCheckpoint", "ResumeState", "ViterbiEvaluation"]
+__all__ = ["EpochLearningRate", "EpochThroughput", "RunConfig", "ValidationFigures", "EvaluationOutputs",
+           "PhoneDecoding", "PhoneErrorEvaluation", "CsvPredictionWriter", "AtomicCheckpointIO", "LastCheckpoint",
+           "ResumeState", "ViterbiEvaluation"]

@@ -101,7 +101,7 @@ class EpochThroughput(Callback):
 
 def _frames(batch):
     """Real frames in a training batch: one (features, labels) batch, a list of them
-    (data.steps_per_call > 1), or utterances (features, labels, lengths) counted by length,
+    (model.steps_per_call > 1), or utterances (features, labels, lengths) counted by length,
     on the device (a tensor, read once per epoch: no step waits for it)."""
     if isinstance(batch, list):
         return sum(_frames(b) for b in batch)

@@ -6,6 +6,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from timit_lit.callbacks.outputs import EvaluationOutputs
 from timit_lit.callbacks.viterbi import ViterbiEvaluation
 from timit_lit.decoding import PhoneStatistics, frame_accuracy
 from timit_lit.edit_alignment import frame_edit_counts
@@ -49,7 +50,9 @@ class PhoneDecoding(ViterbiEvaluation):
                              f"got {min_duration} and {duration_scale}")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Nothing: ``decoding`` (always there) counts the phone statistics of every fit."""
+        """The epoch's log posteriors only: ``decoding`` (always there) counts the phone statistics of every fit."""
+        if self.enabled:
+            self._outputs = EvaluationOutputs.attach(trainer, log_posteriors=True)
 
     def _settings(self) -> dict:
         return {"lm_weight": self.lm_weight, "insertion_penalty": self.insertion_penalty,

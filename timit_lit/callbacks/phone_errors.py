@@ -6,9 +6,9 @@ from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from timit_lit.callbacks.outputs import EvaluationOutputs
 from timit_lit.data.utterances import segment_offsets
 from timit_lit.scoring import boundary_accuracy, dataset_starts, phone_error_rate
 
@@ -19,7 +19,7 @@ class PhoneErrorEvaluation(pl.Callback):
     docstring), beside the framewise ``acc``.
 
     Each step's predicted classes are kept on the device (no wait on a step), in the order
-    the evaluation serves the split's rows: row order, whether the batches hold rows or
+    the evaluation serves the split's rows (:class:`~timit_lit.callbacks.outputs.EvaluationOutputs`): row order, whether the batches hold rows or
     utterances, so the split's segments say where each utterance's frames are. Under DDP
     each process sees only some rows, neither whole utterances nor in order: it then warns
     once and logs none of these (run ``validate`` / ``test`` on one device for them).
@@ -31,7 +31,7 @@ class PhoneErrorEvaluation(pl.Callback):
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._classes: list[torch.Tensor] = []
+        self._outputs: Optional[EvaluationOutputs] = None
         self._segments: dict[str, tuple[object, Optional[np.ndarray]]] = {}  # split: (dataset, its offsets)
         self._warned = False
         self._warned_unscored = False
@@ -40,27 +40,12 @@ class PhoneErrorEvaluation(pl.Callback):
         if self.enabled and trainer.world_size > 1 and stage in ("fit", "validate", "test"):
             rank_zero_warn(f"phone_errors: the phone error rate and boundary accuracies need one process; "
                            f"this run has {trainer.world_size}, so none is logged (run validate or test on one device)")
+        if self.enabled:
+            self._outputs = EvaluationOutputs.attach(trainer)
 
     def _active(self, trainer: pl.Trainer) -> bool:
         return (self.enabled and trainer.world_size == 1 and trainer.state.fn in ("fit", "validate", "test")
                 and not trainer.sanity_checking)
-
-    def _collect(self, trainer, pl_module, outputs, batch) -> None:
-        if self._active(trainer):
-            # The step's frame logits (PhoneModel returns them), or a forward pass for a model that does not.
-            logits = outputs if isinstance(outputs, torch.Tensor) else pl_module.frame_logits(batch)[0]
-            self._classes.append(logits.detach().argmax(dim=1))
-
-    def _start(self, *args) -> None:
-        self._classes = []
-
-    on_validation_epoch_start = on_test_epoch_start = _start
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, outputs, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, outputs, batch)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._score(trainer, pl_module, "val", trainer.val_dataloaders)
@@ -69,10 +54,9 @@ class PhoneErrorEvaluation(pl.Callback):
         self._score(trainer, pl_module, "test", trainer.test_dataloaders)
 
     def _score(self, trainer, pl_module, stage: str, loader) -> None:
-        if not self._active(trainer) or not self._classes:
+        if not self._active(trainer) or not self._outputs.frames:
             return
-        predictions = torch.cat(self._classes).cpu().numpy()
-        self._classes = []
+        predictions = self._outputs.classes()
         dataset = loader.dataset
         offsets = self._offsets(stage, dataset, getattr(trainer, "datamodule", None))
         if offsets is None:
@@ -80,7 +64,7 @@ class PhoneErrorEvaluation(pl.Callback):
         # With limit_{val,test}_batches the steps cover the first rows only: cut the segments there.
         n = len(predictions)
         offsets = np.append(offsets[offsets < n], n)
-        labels = dataset.labels[dataset.rows.numpy()[:n]]
+        labels = dataset.labels[self._outputs.rows(dataset)]
         if (labels < 0).any():  # some frames are input only (split labels, test rows inside utterances)
             if not self._warned_unscored:
                 rank_zero_info(f"phone_errors: the {stage} split scores only some frames of its utterances: no phone "

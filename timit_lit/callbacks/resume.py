@@ -31,6 +31,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from timit_lit.atomic import atomic_file
 from timit_lit.errors import OutputError
 from timit_lit.lightning_api import collect_rng_states, set_rng_states
 
@@ -133,15 +134,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
+            with atomic_file(path, "wb", sync=True) as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
         except OSError as error:  # a full disk, a quota: the run stops, and says what it kept
             raise OutputError(f"{path}: cannot write the checkpoint ({error.strerror or error}); nothing written, "
                               f"any previous file kept") from error
-        finally:
-            tmp.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from timit_lit.callbacks.outputs import EvaluationOutputs
 from timit_lit.data.files import TRAIN_FEATURES, TRAIN_LABELS
 from timit_lit.data.utterances import segment_offsets
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, clamp_known, frame_accuracy, viterbi_decode
@@ -27,8 +28,9 @@ class ViterbiEvaluation(pl.Callback):
     the model saves them into each checkpoint (:data:`STATISTICS_KEY`): a checkpoint
     decodes without the training files. A checkpoint from before they were saved falls
     back to counting the training file's labels, all rows. The split's log posteriors are
-    collected in row order, cut into utterances and decoded; accuracy counts the frames the
-    split scores (a frame labelled -1 is input only). One process only.
+    collected in row order (:class:`~timit_lit.callbacks.outputs.EvaluationOutputs`), cut into
+    utterances and decoded; accuracy counts the frames the split scores (a frame without a
+    label is input only). One process only.
 
     Args:
         enabled: decode (off by default).
@@ -47,7 +49,7 @@ class ViterbiEvaluation(pl.Callback):
                  known_labels: bool = False):
         self.enabled, self.transition_weight, self.prior_weight = enabled, transition_weight, prior_weight
         self.known_labels = known_labels
-        self._log_posteriors: list[torch.Tensor] = []
+        self._outputs: EvaluationOutputs | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = getattr(trainer, "datamodule", None)
@@ -56,21 +58,11 @@ class ViterbiEvaluation(pl.Callback):
         # Every fit, decoding enabled or not, so that any checkpoint can be decoded later.
         if stage == "fit" and hasattr(datamodule, "labelled_segments"):
             pl_module.phone_statistics = training_statistics(datamodule)
+        if self.enabled:
+            self._outputs = EvaluationOutputs.attach(trainer, log_posteriors=True)
 
     def _active(self, trainer: pl.Trainer) -> bool:
         return self.enabled and trainer.state.fn in ("fit", "validate", "test") and not trainer.sanity_checking
-
-    def _collect(self, trainer, pl_module, outputs, batch) -> None:
-        if self._active(trainer):
-            # The step's frame logits (PhoneModel returns them), or a forward pass for a model that does not.
-            logits = outputs if isinstance(outputs, torch.Tensor) else pl_module.frame_logits(batch)[0]
-            self._log_posteriors.append(logits.detach().float().log_softmax(dim=1).cpu())  # float32 whatever the precision
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, outputs, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, outputs, batch)
 
     def _score(self, trainer, pl_module, split: str, stage: str) -> None:
         if not self._active(trainer):
@@ -79,11 +71,9 @@ class ViterbiEvaluation(pl.Callback):
             raise InputError("decoding.enabled runs on one process")
         datamodule = trainer.datamodule
         dataset = datamodule.dataset(split)
-        log_posteriors = torch.cat(self._log_posteriors)
-        rows = dataset.rows.numpy()[: len(log_posteriors)]  # with limit_{val,test}_batches, the first rows only
+        rows = self._outputs.rows(dataset)  # (with limit_{val,test}_batches, the first rows only)
         stats = self.statistics(trainer, pl_module)
-        decoded = self.decode(datamodule, log_posteriors, rows, dataset.file, stats, split)
-        self._log_posteriors = []
+        decoded = self.decode(datamodule, self._outputs.log_posteriors(), rows, dataset.file, stats, split)
         labels = dataset.labels[rows]
         scored = labels >= 0
         if scored.all():
@@ -143,7 +133,7 @@ class ViterbiEvaluation(pl.Callback):
 def training_statistics(datamodule) -> PhoneStatistics:
     """The statistics of the labelled rows that train, segmented by utterance, at the
     split's cuts and at unlabelled rows (``datamodule.labelled_segments("train")``), so no
-    transition joins two utterances or the two sides of a cut or a gap. 0.3 s for the
-    replica's 790,296 training rows on 2 cores, recovering the utterances included."""
+    transition joins two utterances or the two sides of a cut or a gap (its speed:
+    docs/sequence-models.md)."""
     labels, offsets = datamodule.labelled_segments("train")
     return PhoneStatistics.estimate(labels, offsets, datamodule.num_classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -35,13 +35,6 @@ class TimitDataModule(pl.LightningDataModule):
     Args:
         data_dir: folder holding the ``*_11.npy`` files.
         batch_size: rows per optimizer step (per process under DDP).
-        steps_per_call: optimizer steps per Lightning training step. Each Lightning batch
-            holds ``steps_per_call`` consecutive batches of the same shuffled order, and
-            the model takes one Adam step on each, so the updates are exactly those of
-            ``steps_per_call: 1``, with Lightning's per-step overhead paid once per
-            ``steps_per_call`` steps (Keras calls this ``steps_per_execution``). ``auto``
-            (the default): the model chooses when the fit starts
-            (:class:`timit_lit.models.PhoneClassifier`); 1 for any other model.
         eval_batch_size: batch size for validate, test and predict (no gradients are kept).
         val_ratio: the fraction of the training rows that validates; 0 trains on
             everything and skips validation.
@@ -68,10 +61,9 @@ class TimitDataModule(pl.LightningDataModule):
             for evaluation), recovered from the rows' overlap and zero-padded, for
             sequence models such as :class:`timit_lit.models.RecurrentPhoneClassifier`.
         bucket_by_length: with ``batch_by: utterances``, train on batches of utterances of
-            similar lengths (:class:`LengthBucketedOrder`) rather than random ones: on the
-            replica at 16 utterances per batch the padded batches hold about 1.01x the real
-            frames instead of about 1.6x (``benchmarks/recurrent.py --data``). It changes
-            the order of training, so it is off by default.
+            similar lengths (:class:`LengthBucketedOrder`) rather than random ones: far less
+            padding (measured by ``benchmarks/recurrent.py --data``: docs/sequence-models.md).
+            It changes the order of training, so it is off by default.
         features_on_device: copy the features and labels to the accelerator once
             (float32: 2.1 GB for the course's training set) and cut batches there, so
             that only row ids cross to the device per step. On a CPU it changes
@@ -86,7 +78,6 @@ class TimitDataModule(pl.LightningDataModule):
         self,
         data_dir: str = "timit_11",
         batch_size: int = 64,
-        steps_per_call: Union[int, Literal["auto"]] = "auto",
         eval_batch_size: int = 4096,
         val_ratio: float = 0.2,
         split: Literal["contiguous", "utterance", "labels"] = "contiguous",
@@ -104,19 +95,16 @@ class TimitDataModule(pl.LightningDataModule):
         self.save_hyperparameters()  # into checkpoints, for `predict --ckpt_path` without a config
         if not 0.0 <= val_ratio < 1.0:
             raise InputError(f"val_ratio must be in [0, 1), got {val_ratio}")
-        if steps_per_call == "auto":
-            steps_per_call = 1  # until the model chooses (PhoneClassifier.on_fit_start)
-        if batch_size < 1 or steps_per_call < 1 or eval_batch_size < 1:
-            raise InputError("batch_size, steps_per_call and eval_batch_size must be >= 1")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise InputError("batch_size and eval_batch_size must be >= 1")
         if context < 1 or context % 2 == 0:
             raise InputError(f"context must be an odd number of frames, got {context}")
-        if batch_by == "utterances" and (steps_per_call > 1 or features_on_device):
-            raise InputError("batch_by utterances works with steps_per_call 1 and features_on_device false")
+        if batch_by == "utterances" and features_on_device:
+            raise InputError("batch_by utterances works with features_on_device false")
         if bucket_by_length and batch_by != "utterances":
             raise InputError("bucket_by_length sorts utterances into batches: it needs batch_by utterances")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
-        self.steps_per_call = steps_per_call
         self.eval_batch_size = eval_batch_size
         self.val_ratio = val_ratio
         self.split = split
@@ -436,16 +424,21 @@ class TimitDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """On the device: cut batches from the resident features, and split a training batch
-        into its ``steps_per_call`` optimizer batches."""
+        into the model's ``steps_per_call`` optimizer batches."""
         if self._on_device:
             stage = self.trainer.state.stage
             file = "test" if stage == "test" else "predict" if stage == "predict" else "train"
             features, labels = self._on_device[file]
             batch = (features[batch], labels[batch] if labels is not None else batch)
-        if self.steps_per_call > 1 and self.trainer.training:
+        if self.trainer.training and self._steps_per_call() > 1:
             x, y = batch
             return list(zip(x.split(self.batch_size), y.split(self.batch_size)))
         return batch
+
+    def _steps_per_call(self) -> int:
+        """Optimizer steps the model takes per training batch (:attr:`PhoneModel.steps_per_call
+        <timit_lit.models.PhoneModel.steps_per_call>`, decided by the model when the fit starts)."""
+        return getattr(self.trainer.lightning_module, "steps_per_call", 1) if self.trainer else 1
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         dataset = self._loaded[split]
@@ -465,9 +458,9 @@ class TimitDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        # steps_per_call batches of the one shuffled order, back to back: the same batches,
-        # in the same order, as batch_size alone.
-        return self._loader("train", self.batch_size * self.steps_per_call, shuffle=True)
+        # The model's steps_per_call batches of the one shuffled order, back to back: the same
+        # batches, in the same order, as batch_size alone.
+        return self._loader("train", self.batch_size * self._steps_per_call(), shuffle=True)
 
     def val_dataloader(self):
         if len(self._loaded["val"]) == 0:

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from timit_lit.atomic import atomic_path
 from timit_lit.errors import InputError
 
 TRAIN_FEATURES = "train_11.npy"
@@ -110,10 +111,9 @@ def _convert_to_float32(path: Path, shape: tuple[int, int], dtype: np.dtype, off
         cache.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{cache.parent}: cannot create the float32 cache ({error}); set --data.cache_dir") from error
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")  # per process: nodes may race here
     started, reported = time.monotonic(), 0
     report(f"converting {path} ({shape[0]:,} x {shape[1]} {dtype}) to float32 in {cache} (once)")
-    try:
+    with atomic_path(cache) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         with open(path, "rb") as source:
             source.seek(offset)
@@ -128,9 +128,6 @@ def _convert_to_float32(path: Path, shape: tuple[int, int], dtype: np.dtype, off
         del out
         source_stat = path.stat()
         os.utime(tmp, ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns))  # ties the cache to this source
-        os.replace(tmp, cache)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) -> np.ndarray:
@@ -149,7 +146,7 @@ def load_labels(path: Path, n_rows: int, num_classes: int, features_path: Path) 
             bad = next((i for i in range(len(raw)) if not _integer_text(raw, i)), None)
             if bad is None:
                 raise InputError(f"{path}: labels do not convert to integers ({error})") from None
-            raise InputError(f"{path}: label {_shown(raw, bad)} at row {bad} is not an integer") from None
+            raise InputError(f"{path}: label {_label_text(raw, bad)} at row {bad} is not an integer") from None
     elif raw.dtype.kind in "iu":
         labels = raw.astype(np.int64)
     elif raw.dtype.kind == "f":
@@ -175,7 +172,8 @@ def _integer_text(raw: np.ndarray, row: int) -> bool:
     return digits.isascii() and digits.isdigit()
 
 
-def _shown(raw: np.ndarray, row: int) -> str:
+def _label_text(raw: np.ndarray, row: int) -> str:
+    """Label ``row`` of ``raw`` as an error message quotes it."""
     try:
         return repr(str(raw[row]))
     except Exception:

@@ -20,9 +20,9 @@ never finds a boundary that is not there: copying a frame copies its bits, so th
 compares bits (NaN and -0.0 included). Utterances of any length, one row included, are found.
 
 Boundaries are returned as ``starts``: int64 offsets, one per utterance and a last one
-equal to the number of rows (utterance ``i`` is rows ``starts[i]:starts[i+1]``). They are
-recomputed, not cached: on the full real-speech replica (988k x 429 float32, in the page
-cache) recovery takes under a second on 2 CPU cores.
+equal to the number of rows (utterance ``i`` is rows ``starts[i]:starts[i+1]``). The data
+module recovers them once per file and keeps them (``TimitDataModule.utterance_starts``);
+how long recovery takes is in docs/sequence-models.md.
 
 :func:`windows` rebuilds, for a batch of rows, the window of any odd width from the frames
 of each row's own utterance, repeating its first or last frame beyond its edges, so a

@@ -51,13 +51,16 @@ class PhoneModel(pl.LightningModule):
     the phone statistics of its training split, for the decoder, carried in its checkpoints.
 
     A subclass builds its network and says, in :meth:`frame_logits`, how a batch becomes
-    one row of logits per frame (padding's rows ignored). The CLI takes any subclass as ``model.class_path``
-    (default :class:`PhoneClassifier`). ``batch_by`` names the batches it takes
+    one row of logits per frame (padding's rows ignored). The CLI takes any subclass as
+    ``model.class_path`` (default :class:`PhoneClassifier`). ``batch_by`` names the batches it takes
     (:class:`timit_lit.data.TimitDataModule`'s option of that name).
     """
 
     batch_by = "rows"
     label_smoothing = 0.0  # of the training loss; a subclass may take it as an option
+    # Optimizer steps per training batch: above 1 the data module hands over a list of that
+    # many batches (PhoneClassifier, which decides it when a fit starts, takes the steps itself).
+    steps_per_call = 1
 
     def __init__(self, num_classes: int, lr: float):
         super().__init__()
@@ -108,14 +111,20 @@ class PhoneModel(pl.LightningModule):
             logits, targets = logits[real], targets[real]
         return logits.float(), targets
 
+    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss training minimises, on one row of logits per frame: the mean cross-entropy
+        over labelled frames (padding's :data:`IGNORED` and unlabelled frames' targets skipped) with the model's
+        ``label_smoothing`` (evaluation reports it plain). Lightning's steps and the model's own
+        (:class:`~timit_lit.models.train_steps.TrainSteps`) both call this."""
+        return F.cross_entropy(logits, targets.clamp(min=IGNORED), ignore_index=IGNORED, label_smoothing=self.label_smoothing)
+
     def _evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss and accuracy of one batch over its real frames, logged as epoch averages under
         ``stage/``; returns the loss, the frame logits and their targets (padding: IGNORED)."""
         logits, y = self.frame_logits(batch)
-        smoothing = self.label_smoothing if stage == "train" else 0.0
-        # The mean over labelled frames: padding's and unlabelled frames' targets are ignored.
-        loss = F.cross_entropy(logits, y.clamp(min=IGNORED), ignore_index=IGNORED, label_smoothing=smoothing)
-        frames = (y >= 0).sum()
+        loss = (self.training_loss(logits, y) if stage == "train"
+                else F.cross_entropy(logits, y.clamp(min=IGNORED), ignore_index=IGNORED))
+        frames = (y >= 0).sum()  # labelled frames: padding (IGNORED) and UNLABELLED frames are neither
         losses, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         losses.update(loss.detach() * frames, frames)
         accuracy.update((logits.detach().argmax(dim=1) == y).sum(), frames)  # a padding target (-1) is never a class

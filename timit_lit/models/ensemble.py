@@ -17,8 +17,8 @@ Used from the command line with ``validate``, ``test`` or ``predict``:
 from __future__ import annotations
 
 import inspect
+import io
 from argparse import ArgumentError
-from typing import Literal, Union
 
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
@@ -49,6 +49,13 @@ def member_data_settings(path: str, checkpoint: dict) -> dict:
     return settings
 
 
+def served_to_members(members: list[tuple[str, int]]) -> tuple[str, int]:
+    """``(batch_by, context)`` that serve members taking ``(batch_by, context)`` each: utterance
+    batches if any member takes them, and the widest context (each member cuts its own from it)."""
+    batch_by = "utterances" if any(by == "utterances" for by, _ in members) else "rows"
+    return batch_by, max(context for _, context in members)
+
+
 def ensemble_data_settings(paths: list[str]) -> dict:
     """The data settings that serve every member: the widest context, utterance batches if any
     member takes them, and the first member's validation split (``validate`` scores the
@@ -66,11 +73,10 @@ def ensemble_data_settings(paths: list[str]) -> dict:
         rank_zero_warn("ensemble members were validated on different splits: the ensemble's val/acc includes rows "
                        "that some members trained on (test/acc is unaffected)")
     first = settings[paths[0]]
+    batch_by, context = served_to_members([(s["batch_by"], s["context"]) for s in settings.values()])
     return {
         "split": first["split"], "split_seed": first["split_seed"], "val_ratio": first["val_ratio"],
-        "num_classes": classes.pop(),
-        "context": max(s["context"] for s in settings.values()),
-        "batch_by": "utterances" if any(s["batch_by"] == "utterances" for s in settings.values()) else "rows",
+        "num_classes": classes.pop(), "context": context, "batch_by": batch_by,
     }
 
 
@@ -81,11 +87,12 @@ def load_member(path: str) -> PhoneModel:
     if model_class is CheckpointEnsemble:
         raise InputError(f"{path}: holds an ensemble, not a trained phone model")
     try:
-        # The class path as read_checkpoint resolved it (a checkpoint saved before the package
-        # layout of issue 19 names a module that no longer exists).
-        hparams = checkpoint.get("hyper_parameters", {})
-        moved = {"_class_path": hparams["_class_path"]} if "_class_path" in hparams else {}
-        model = model_class.load_from_checkpoint(path, map_location="cpu", weights_only=True, **moved)
+        # Built from the checkpoint as read_checkpoint read and updated it (a checkpoint saved by an
+        # older timit_lit may name a module that no longer exists, or carry a retired hyperparameter).
+        saved = io.BytesIO()
+        torch.save(checkpoint, saved)
+        saved.seek(0)
+        model = model_class.load_from_checkpoint(saved, map_location="cpu", weights_only=True)
     except ArgumentError as error:
         raise InputError(f"{path}: a saved hyperparameter does not parse: {parse_error_reason(error)}") from None
     except Exception as error:
@@ -106,18 +113,16 @@ class CheckpointEnsemble(PhoneModel):
         input_dim: features per input row (linked from the data, which the CLI sets up
             for the members: :func:`ensemble_data_settings`).
         num_classes: phone classes (linked from the data).
-        steps_per_call: linked from the data; unused (an ensemble is not trained).
     """
 
-    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39, steps_per_call: Union[int, Literal["auto"]] = "auto"):
+    def __init__(self, checkpoints: list[str], input_dim: int = 429, num_classes: int = 39):
         super().__init__(num_classes, lr=0.0)
         self.save_hyperparameters()
         self.members = nn.ModuleList(load_member(path) for path in checkpoints)
         if not self.members:
             raise InputError("model.checkpoints is empty: list the checkpoints to ensemble")
         # As ensemble_data_settings serves them (the CLI sets the data up with it).
-        self.batch_by = "utterances" if any(m.batch_by == "utterances" for m in self.members) else "rows"
-        self.context = max(m.context for m in self.members)
+        self.batch_by, self.context = served_to_members([(m.batch_by, m.context) for m in self.members])
         # What the data serves per frame: context frames of FRAME_DIMS features, or (context 11)
         # the file's own rows, whose width may be anything.
         self.frame_dims = input_dim // self.context

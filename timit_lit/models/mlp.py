@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from timit_lit.data import TimitDataModule
 from timit_lit.errors import InputError
 from timit_lit.lightning_api import count_own_optimizer_steps, move_optimizer_steps
 from timit_lit.models.base import PhoneModel
@@ -55,13 +56,17 @@ class PhoneClassifier(PhoneModel):
         batch_norm: batch normalisation after each hidden linear layer.
         dropout: dropout probability after each hidden activation (0: none).
         lr: Adam learning rate.
-        steps_per_call: optimizer steps per Lightning training step (linked from the
-            data, which then hands over a list of that many batches). Above 1 the model
-            takes the steps itself (:mod:`timit_lit.models.train_steps`: one process, 32-bit
-            precision, no per-step Lightning hooks); the updates stay exactly those of 1.
-            ``auto`` (the default) chooses it when the fit starts: the model's own steps
-            where the run allows them (:func:`~timit_lit.models.train_steps.why_lightning_steps`),
-            else Lightning's, said in one info line.
+        label_smoothing: of the training loss (validation and test report plain cross-entropy).
+        steps_per_call: optimizer steps per Lightning training step. Above 1 the data
+            module hands over a list of that many batches of ``data.batch_size`` rows
+            (consecutive batches of the one shuffled order) and the model takes one Adam
+            step on each itself (:mod:`timit_lit.models.train_steps`: one process, 32-bit
+            precision, no per-step Lightning hooks): the updates stay exactly those of 1,
+            with Lightning's per-step overhead paid once per call (Keras calls this
+            ``steps_per_execution``). ``auto`` (the default) chooses it when the fit starts:
+            the model's own steps where the run allows them
+            (:func:`~timit_lit.models.train_steps.why_lightning_steps`), else Lightning's,
+            said in one info line. Decided in :meth:`on_fit_start`, kept as :attr:`steps_per_call`.
         cuda_graph: replay each full training step as a CUDA graph (one GPU, 32-bit
             precision; see :mod:`timit_lit.models.train_steps`). Adam then runs fused and
             ``capturable``, which rounds differently from the default in the last bits.
@@ -76,14 +81,19 @@ class PhoneClassifier(PhoneModel):
         batch_norm: bool = False,
         dropout: float = 0.0,
         lr: float = 1e-4,
+        label_smoothing: float = 0.0,
         steps_per_call: Union[int, Literal["auto"]] = "auto",
         cuda_graph: bool = False,
     ):
         super().__init__(num_classes, lr)
         self.save_hyperparameters()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise InputError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if steps_per_call != "auto" and steps_per_call < 1:
+            raise InputError(f"model.steps_per_call must be auto or >= 1, got {steps_per_call}")
+        self.label_smoothing = label_smoothing
         self.net = mlp(input_dim, tuple(hidden_sizes), num_classes, activation, batch_norm, dropout)
-        # With "auto", Lightning's steps until on_fit_start decides.
-        self.automatic_optimization = steps_per_call in (1, "auto") and not cuda_graph
+        # Lightning's steps (PhoneModel.steps_per_call 1, automatic optimization) until on_fit_start decides.
         self._steps: Optional[TrainSteps] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +111,7 @@ class PhoneClassifier(PhoneModel):
         batches = batch if isinstance(batch, list) else [batch]
         if self._steps is None:
             optimizer = self.optimizers().optimizer  # the torch optimizer itself
-            self._steps = TrainSteps(self.net, optimizer, self.device, graph=self.hparams.cuda_graph)
+            self._steps = TrainSteps(self.net, self.training_loss, optimizer, self.device, graph=self.hparams.cuda_graph)
         for x, y in batches:
             self._steps(x, y)
         # Lightning counts this call as one batch; count every step in global_step and in the logged
@@ -113,21 +123,23 @@ class PhoneClassifier(PhoneModel):
         self.log("train/acc", correct / rows, on_step=False, on_epoch=True, batch_size=rows)
         return None
 
-    @property
-    def own_steps(self) -> Optional[str]:
-        """The option that has the model take its optimizer steps itself; None when Lightning takes them."""
-        if self.automatic_optimization:
-            return None
-        return "model.cuda_graph" if self.hparams.cuda_graph else "data.steps_per_call > 1"
-
     def on_fit_start(self) -> None:
-        if self.hparams.steps_per_call == "auto":
-            self._choose_steps_per_call()
-        # What Lightning's steps would do and the model's own would not. Gradient clipping and
-        # accumulation are refused before this hook runs, by the CLI (TimitCLI.before_fit).
-        trainer, option = self.trainer, self.own_steps
-        if option is None:
+        """Decides, for this fit, who takes the optimizer steps: :attr:`steps_per_call` (which
+        the data module reads when it builds the training batches) and automatic optimization.
+        Lightning verified the run while the model still said automatic optimization, so what
+        its own steps would refuse (clipping, accumulation) is refused here, in one line."""
+        self.steps_per_call = self._choose_steps_per_call()
+        self.automatic_optimization = self.steps_per_call == 1 and not self.hparams.cuda_graph
+        if self.automatic_optimization:
             return
+        trainer = self.trainer
+        option = "model.cuda_graph" if self.hparams.cuda_graph else "model.steps_per_call > 1"
+        if trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1:
+            raise InputError(
+                f"{option} takes the optimizer steps itself, so Lightning clips no gradients and accumulates no "
+                f"batches: use steps_per_call 1 and cuda_graph false with trainer.gradient_clip_val or "
+                f"trainer.accumulate_grad_batches"
+            )
         if trainer.lr_scheduler_configs:
             raise InputError(f"{option} takes the optimizer steps itself, and Lightning then steps no learning-rate "
                              f"scheduler: use steps_per_call 1 with a scheduler")
@@ -144,22 +156,23 @@ class PhoneClassifier(PhoneModel):
         # from its checkpoint: the steps move to the counter of the mode in use.
         move_optimizer_steps(self.trainer, to_manual=not self.automatic_optimization)
 
-    def _choose_steps_per_call(self) -> None:
-        """``steps_per_call: auto``: as many steps per call as :func:`auto_steps_per_call` says,
-        taken by the model (the same updates, bit for bit), unless the run needs Lightning's steps."""
+    def _choose_steps_per_call(self) -> int:
+        """The option as set, or for ``auto`` as many steps per call as :func:`auto_steps_per_call`
+        says, taken by the model (the same updates, bit for bit), unless the run needs Lightning's."""
+        if self.hparams.steps_per_call != "auto":
+            return self.hparams.steps_per_call
         data = getattr(self.trainer, "datamodule", None)
-        if not hasattr(data, "steps_per_call"):
-            return  # dataloaders not from TimitDataModule, which alone hands over lists of batches
+        if not isinstance(data, TimitDataModule):
+            return 1  # other dataloaders hand over no lists of batches
         steps = auto_steps_per_call(data.batch_size)
-        if steps == 1 and not self.hparams.cuda_graph:
-            return
-        reason = None if self.hparams.cuda_graph else why_lightning_steps(self.trainer, self, PhoneClassifier)
+        if steps == 1 or self.hparams.cuda_graph:
+            return steps
+        reason = why_lightning_steps(self.trainer, self, PhoneClassifier)
         if reason is not None:
-            rank_zero_info(f"timit_lit: data.steps_per_call auto is 1 here, as {reason}: Lightning takes each optimizer "
+            rank_zero_info(f"timit_lit: model.steps_per_call auto is 1 here, as {reason}: Lightning takes each optimizer "
                            f"step (the same updates, slower at small batches; see docs/speed.md)")
-            return
-        data.steps_per_call = steps
-        self.automatic_optimization = False
+            return 1
+        return steps
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.cuda_graph:  # graph-safe, and one fused kernel instead of ~20 per step

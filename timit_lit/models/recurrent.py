@@ -12,16 +12,15 @@ its output is reversed back. Both therefore meet an utterance's real frames befo
 padding, so the padding never changes a real frame's output; loss, accuracy and
 predictions then take the real frames only (padding's targets are ignored;
 tests/test_recurrent.py). This is what
-``pack_padded_sequence`` with a bidirectional ``nn.LSTM`` computes, but on CPU it runs
-6x faster (1.80 s against 11.07 s for a training step of 16 utterances of up to 400
-frames, 3 layers of 256 units, 2 cores: ``benchmarks/recurrent.py``): unpacked
+``pack_padded_sequence`` with a bidirectional ``nn.LSTM`` computes, but faster on CPU
+(measured by ``benchmarks/recurrent.py``; figures in docs/sequence-models.md): unpacked
 unidirectional layers take oneDNN's fused RNN kernels, packed sequences and the
 bidirectional layer do not.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import nn
@@ -68,7 +67,6 @@ class RecurrentPhoneClassifier(PhoneModel):
         feature_masks: training only: bands of up to ``feature_mask_dims`` consecutive
             feature dimensions set to 0 over a whole utterance (SpecAugment's frequency masks).
         feature_mask_dims: widest feature mask.
-        steps_per_call: linked from the data, which allows only 1 with utterance batches.
         phase_average: with ``frames_per_step`` k > 1, evaluation and prediction (never
             training) average the class posteriors of the k groupings of frames into steps
             (the utterance shifted by 0..k-1 frames; :meth:`phase_averaged`): k forward
@@ -98,7 +96,6 @@ class RecurrentPhoneClassifier(PhoneModel):
         time_mask_frames: int = 10,
         feature_masks: int = 0,
         feature_mask_dims: int = 8,
-        steps_per_call: Union[int, Literal["auto"]] = "auto",
         phase_average: bool = False,
     ):
         super().__init__(num_classes, lr)

@@ -1,9 +1,9 @@
-"""Training steps taken outside Lightning's per-step machinery: ``data.steps_per_call > 1``
+"""Training steps taken outside Lightning's per-step machinery: ``model.steps_per_call > 1``
 and ``model.cuda_graph``.
 
 At the notebook's batch of 64 the MLP's step is tiny, and what surrounds it costs as much:
 Lightning's hooks around every backward and optimizer step, the metric update. Here each
-step is just zero_grad, forward, loss, backward and Adam, with the loss and the correct
+step is just zero_grad, forward, the model's training loss, backward and Adam, with the loss and the correct
 predictions summed on the device (read once per Lightning step, by the model's logging).
 The updates are exactly those Lightning's automatic optimization makes.
 
@@ -22,20 +22,19 @@ Adam must be ``capturable=True`` (its step counters live on the GPU); the model 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, Timer
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
-from torch.nn import functional as F
 
 from timit_lit.callbacks.monitoring import EpochThroughput
 from timit_lit.lightning_api import every_n_train_steps
 
 WARMUP_STEPS = 3
-# ``data.steps_per_call: auto`` hands the model about this many rows per Lightning step; from
+# ``model.steps_per_call: auto`` hands the model about this many rows per Lightning step; from
 # this batch size up, Lightning takes each step itself (its overhead no longer counts).
 AUTO_ROWS_PER_CALL = 2048
 # Hooks Lightning runs around each of its own optimizer steps; the model's own steps run none.
@@ -51,7 +50,7 @@ PER_CALL_CALLBACKS = (ProgressBar, ModelCheckpoint, LearningRateMonitor, Timer, 
 
 
 def auto_steps_per_call(batch_size: int) -> int:
-    """The optimizer steps per Lightning step that ``data.steps_per_call: auto`` asks for."""
+    """The optimizer steps per Lightning step that ``model.steps_per_call: auto`` asks for."""
     return max(1, AUTO_ROWS_PER_CALL // batch_size)
 
 
@@ -85,11 +84,13 @@ def why_lightning_steps(trainer: "pl.Trainer", model: "pl.LightningModule", base
 
 
 class TrainSteps:
-    """Takes training steps of ``net`` with ``optimizer``; with ``graph``, full batches are
-    replayed as a CUDA graph."""
+    """Takes training steps of ``net`` on ``loss`` (the model's :meth:`~timit_lit.models.PhoneModel.training_loss`)
+    with ``optimizer``; with ``graph``, full batches are replayed as a CUDA graph."""
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, graph: bool = False):
+    def __init__(self, net: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer, device: torch.device, graph: bool = False):
         self.net = net
+        self.loss = loss
         self.optimizer = optimizer
         self.graph_wanted = graph
         self.loss_sum = torch.zeros((), device=device)
@@ -100,7 +101,7 @@ class TrainSteps:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.loss(logits, y)
         loss.backward()
         self.optimizer.step()
         self.loss_sum += loss.detach() * len(y)
