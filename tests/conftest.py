@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -66,3 +67,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def without_data_summary(stderr: str) -> list[str]:
+    """stderr's lines without the data module's one-line summary of the utterances it found
+    (``timit_lit: DIR: 2 files (...): N utterances ...``), which comes before any error."""
+    return [line for line in stderr.strip().splitlines() if not re.match(r"timit_lit: .*: \d+ files \(.*\): [\d,]+ utterances", line)]

@@ -183,7 +183,7 @@ def split_statistics(data_dir, **options):
     features, labels = np.load(data_dir / TRAIN_FEATURES), np.load(data_dir / TRAIN_LABELS).astype(np.int64)
     starts = utterance_starts(features)
     dm.setup("fit")
-    train_rows = dm.train_dataloader().dataset.rows.numpy()
+    train_rows = dm.dataset("train").rows.numpy()
     split = PhoneStatistics.estimate(labels[train_rows], segment_offsets(train_rows, starts))
     return split, PhoneStatistics.estimate(labels, starts)
 

@@ -6,6 +6,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -135,20 +136,23 @@ def test_test_results_are_logged_into_the_checkpoints_run(tiny_data, best_checkp
 
 
 def test_a_files_utterances_are_recovered_once(tiny_data, best_checkpoint, tmp_path, monkeypatch):
-    """The split, the datasets and the decoder all ask the data module, which recovers them once."""
+    """The split, the datasets and the decoder all ask the data module, which recovers them once,
+    across every file of the folder together."""
     from timit_lit.callbacks import viterbi
     from timit_lit.data import datamodule, utterances
 
     recovered = []
 
-    def counted(features):
-        recovered.append(len(features))
-        return utterances.utterance_starts(features)
+    def counted(files, *args):
+        recovered.append([len(features) for features in files])
+        return utterances.recover_utterances(files, *args)
 
     for module in (datamodule, viterbi):  # wherever it could be called from
-        monkeypatch.setattr(module, "utterance_starts", counted, raising=False)
+        monkeypatch.setattr(module, "recover_utterances", counted, raising=False)
+        monkeypatch.setattr(module, "utterance_starts", None, raising=False)  # the per-file recovery: not called
 
     cli = run_in(tmp_path, "validate", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path",
                  str(best_checkpoint), "--data.split", "utterance", "--decoding.enabled", "true")
     assert "val/acc_viterbi" in cli.trainer.callback_metrics
-    assert recovered == [len(cli.datamodule._features("train_11.npy"))]  # train_11.npy, once
+    sizes = [len(np.load(tiny_data / name, mmap_mode="r")) for name in ("train_11.npy", "test_11.npy")]
+    assert recovered == [sizes]  # both files, once

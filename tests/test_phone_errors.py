@@ -17,12 +17,6 @@ from timit_lit.data.utterances import utterance_starts
 A, B, C, D, X = 0, 1, 2, 3, 4
 
 
-
-def validation_rows(datamodule) -> np.ndarray:
-    """The row ids of the file that ``datamodule`` validates on, in the order it serves them."""
-    datamodule.setup("fit")
-    return datamodule.val_dataloader().dataset.rows.numpy()
-
 def test_frames_collapse_into_phones_within_each_segment():
     sequences = phone_sequences(np.array([A, A, B, B, C, C, C, A, A, B]), [0, 5, 7, 10])
     assert [s.tolist() for s in sequences] == [[A, B, C], [C], [A, B]]
@@ -131,7 +125,9 @@ def test_validate_on_either_split(split, tiny_data, learnt_checkpoint, tmp_path)
     features = np.load(tiny_data / "train_11.npy")
     labels = np.load(tiny_data / "train_label_11.npy").astype(np.int64)
     starts = utterance_starts(features)
-    rows = validation_rows(TimitDataModule(str(tiny_data), **options))
+    dm = TimitDataModule(str(tiny_data), **options)
+    dm.setup("validate")
+    rows = dm.dataset("val").rows.numpy()
     if split == "contiguous":
         assert rows[0] not in starts  # the cut is inside an utterance in this data
     model = PhoneClassifier.load_from_checkpoint(learnt_checkpoint, map_location="cpu").eval()
@@ -167,7 +163,9 @@ def test_utterance_batches_of_a_recurrent_model(tiny_data, tmp_path):
     features = np.load(tiny_data / "train_11.npy")
     labels = np.load(tiny_data / "train_label_11.npy").astype(np.int64)
     starts = utterance_starts(features)
-    rows = validation_rows(TimitDataModule(str(tiny_data), val_ratio=0.2, split="utterance"))
+    dm = TimitDataModule(str(tiny_data), val_ratio=0.2, split="utterance")
+    dm.setup("validate")
+    rows = dm.dataset("val").rows.numpy()
     segments = segments_of(rows, starts)
     model = RecurrentPhoneClassifier.load_from_checkpoint(best, map_location="cpu").eval()
     centre = slice(5 * 39, 6 * 39)  # context 1: each row's centre frame

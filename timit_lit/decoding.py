@@ -220,6 +220,18 @@ def _viterbi(scores: torch.Tensor, offsets: np.ndarray, log_init: torch.Tensor, 
     return path
 
 
+def clamp_known(log_posteriors, known) -> torch.Tensor:
+    """``log_posteriors`` with every frame whose label is known (``known`` >= 0) made certain
+    of it: log-probability 0 for its label, -inf for the others. Decoding then keeps those
+    frames' labels and chooses the rest's around them."""
+    scores = torch.as_tensor(log_posteriors).clone()
+    known = torch.as_tensor(np.asarray(known), device=scores.device)
+    frames = torch.nonzero(known >= 0).squeeze(1)
+    scores[frames] = float("-inf")
+    scores[frames, known[frames]] = 0.0
+    return scores
+
+
 def frame_accuracy(predictions: torch.Tensor, labels) -> float:
     """Fraction of frames whose prediction equals the label."""
     labels = torch.as_tensor(labels, device=predictions.device)

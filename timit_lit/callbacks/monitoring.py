@@ -285,6 +285,8 @@ class ValidationFigures(Callback):
                 batch = precision.convert_input(tuple(t.to(pl_module.device) for t in batch))
                 predicted = pl_module.frame_logits(batch)[0].argmax(dim=1).cpu().numpy()
             reference = labels.numpy()
+            if (reference < 0).any():  # frames that are input only (split labels): no segment to show
+                continue
             offsets = np.array([0, len(rows)])
             examples.append({
                 "frames": centre_frame_features(features.numpy()),

@@ -37,6 +37,8 @@ class PhoneDecoding(ViterbiEvaluation):
             phone's last state (its durations beyond the minimum).
     """
 
+    accuracy_name = "acc_phone_hmm"
+
     def __init__(self, enabled: bool = False, lm_weight: float = 1.0, insertion_penalty: float = 0.0,
                  prior_weight: float = 0.0, min_duration: int = 1, duration_scale: float = 0.0,
                  duration_weight: float = 0.0):

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from timit_lit.callbacks.outputs import EvaluationOutputs
 from timit_lit.data.utterances import segment_offsets
@@ -34,6 +34,7 @@ class PhoneErrorEvaluation(pl.Callback):
         self._outputs: Optional[EvaluationOutputs] = None
         self._segments: dict[str, tuple[object, Optional[np.ndarray]]] = {}  # split: (dataset, its offsets)
         self._warned = False
+        self._warned_unscored = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.enabled and trainer.world_size > 1 and stage in ("fit", "validate", "test"):
@@ -64,6 +65,12 @@ class PhoneErrorEvaluation(pl.Callback):
         n = len(predictions)
         offsets = np.append(offsets[offsets < n], n)
         labels = dataset.labels[self._outputs.rows(dataset)]
+        if (labels < 0).any():  # some frames are input only (split labels, test rows inside utterances)
+            if not self._warned_unscored:
+                rank_zero_info(f"phone_errors: the {stage} split scores only some frames of its utterances: no phone "
+                               f"error rate or boundary accuracy")
+                self._warned_unscored = True
+            return
         pl_module.log(f"{stage}/per", phone_error_rate(predictions, labels, offsets))
         for name, value in boundary_accuracy(predictions, labels, offsets).items():
             pl_module.log(f"{stage}/{name}", value)

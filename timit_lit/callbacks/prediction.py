@@ -122,20 +122,31 @@ class CsvPredictionWriter(BasePredictionWriter):
                 posteriors = np.concatenate([share[2] for share in shares])
         if not trainer.is_global_zero:
             return
-        expected = len(trainer.predict_dataloaders.dataset.rows)  # rows, whether batched as rows or utterances
+        datamodule, dataset = trainer.datamodule, trainer.predict_dataloaders.dataset
+        # ids are row ids of the dataset's row space (the test file, or all files in utterance order).
         order = np.argsort(ids, kind="stable")
-        if len(ids) != expected or not np.array_equal(ids[order], np.arange(expected)):
-            raise RuntimeError(f"predictions cover {len(np.unique(ids))} distinct of {expected} rows ({len(ids)} in all)")
-        if decoder is not None:  # Viterbi over the test file's utterances instead of each row's argmax
-            log_posteriors = torch.from_numpy(posteriors[order].astype(np.float32)).clamp_min(1e-30).log()
+        served = np.sort(dataset.rows.numpy())  # rows, whether batched as rows or utterances
+        if not np.array_equal(ids[order], served):
+            raise RuntimeError(f"predictions cover {len(np.unique(ids))} distinct of {len(served)} rows ({len(ids)} in all)")
+        ids, classes = ids[order], classes[order]
+        posteriors = posteriors[order] if posteriors is not None else None
+        space = getattr(dataset, "file", TEST_FEATURES)
+        if decoder is not None:  # Viterbi over the test rows' utterances instead of each row's argmax
+            log_posteriors = torch.from_numpy(posteriors.astype(np.float32)).clamp_min(1e-30).log()
             stats = decoder.statistics(trainer, pl_module)
-            classes[order] = decoder.decode(trainer.datamodule, log_posteriors, ids[order], TEST_FEATURES, stats).numpy()
-            rank_zero_info(f"Classes decoded with {decoder.description()}")
-        columns = [ids[order], classes[order]]
+            classes = decoder.decode(datamodule, log_posteriors, ids, space, stats, "predict").numpy()
+            known = " with the training rows' given labels taken as known" if decoder.known_labels else ""
+            rank_zero_info(f"Classes decoded with {decoder.description()}{known}")
+        # The test file's rows, in its order (rows of training files served as context are left out).
+        test_rows = datamodule.test_row_ids(space, ids) if space != TEST_FEATURES else ids
+        order = np.flatnonzero(test_rows >= 0)[np.argsort(test_rows[test_rows >= 0], kind="stable")]
+        if not np.array_equal(test_rows[order], np.arange(len(order))):
+            raise RuntimeError(f"predictions cover {len(order)} test rows, not rows 0..{len(order) - 1} once each")
+        columns = [test_rows[order], classes[order]]
         if self.with_phone:
             columns.append(np.asarray(PHONES)[columns[1]])
         write_csv_atomically(self.output_path, self.header, columns)
-        rank_zero_info(f"Wrote {len(ids):,} predictions to {self.output_path}")
+        rank_zero_info(f"Wrote {len(order):,} predictions to {self.output_path}")
         if self.posteriors_path is not None:
             write_atomically(self.posteriors_path, lambda f: np.save(f, posteriors[order].astype(self.posteriors_dtype)), mode="wb")
             rank_zero_info(f"Wrote their posteriors ({self.posteriors_dtype}) to {self.posteriors_path}")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.callbacks.outputs import EvaluationOutputs
-from timit_lit.data.files import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS
+from timit_lit.data.files import TRAIN_FEATURES, TRAIN_LABELS
 from timit_lit.data.utterances import segment_offsets
-from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, frame_accuracy, viterbi_decode
+from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, clamp_known, frame_accuracy, viterbi_decode
 from timit_lit.errors import InputError
 from timit_lit.scoring import phone_error_rate
 
@@ -27,22 +29,34 @@ class ViterbiEvaluation(pl.Callback):
     decodes without the training files. A checkpoint from before they were saved falls
     back to counting the training file's labels, all rows. The split's log posteriors are
     collected in row order (:class:`~timit_lit.callbacks.outputs.EvaluationOutputs`), cut into
-    utterances and decoded. One process only.
+    utterances and decoded; accuracy counts the frames the split scores (a frame without a
+    label is input only). One process only.
 
     Args:
         enabled: decode (off by default).
         transition_weight: weight of the log transition probabilities (0: framewise).
         prior_weight: weight of the log priors divided out of the posteriors.
+        known_labels: decode with the labels that were given for training taken as
+            certain where they share an utterance with the decoded rows (the data module's
+            ``known_labels``: in MLE-bench's split the test rows sit between labelled
+            training rows; in validation with ``split: labels``, the rows that train): those
+            frames keep their label and the others are chosen around them.
     """
 
-    def __init__(self, enabled: bool = False, transition_weight: float = 1.0, prior_weight: float = 1.0):
+    accuracy_name = "acc_viterbi"  # the name under which validate and test log the decoded accuracy
+
+    def __init__(self, enabled: bool = False, transition_weight: float = 1.0, prior_weight: float = 1.0,
+                 known_labels: bool = False):
         self.enabled, self.transition_weight, self.prior_weight = enabled, transition_weight, prior_weight
+        self.known_labels = known_labels
         self._outputs: EvaluationOutputs | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Every fit, decoding enabled or not, so that any checkpoint can be decoded later.
         datamodule = getattr(trainer, "datamodule", None)
-        if stage == "fit" and "train" in getattr(datamodule, "_loaded", {}):
+        if self.enabled and hasattr(datamodule, "require_utterances"):
+            datamodule.require_utterances("decoding.enabled true")
+        # Every fit, decoding enabled or not, so that any checkpoint can be decoded later.
+        if stage == "fit" and hasattr(datamodule, "labelled_segments"):
             pl_module.phone_statistics = training_statistics(datamodule)
         if self.enabled:
             self._outputs = EvaluationOutputs.attach(trainer, log_posteriors=True)
@@ -55,13 +69,18 @@ class ViterbiEvaluation(pl.Callback):
             return
         if trainer.world_size > 1:
             raise InputError("decoding.enabled runs on one process")
-        dataset = trainer.datamodule._loaded[split]
+        datamodule = trainer.datamodule
+        dataset = datamodule.dataset(split)
         rows = self._outputs.rows(dataset)  # (with limit_{val,test}_batches, the first rows only)
-        file = TRAIN_FEATURES if split == "val" else TEST_FEATURES
         stats = self.statistics(trainer, pl_module)
-        offsets = self.offsets(trainer.datamodule, rows, file)
-        decoded = self.decode_segments(self._outputs.log_posteriors(), offsets, stats)
-        for name, value in self.scores(decoded, dataset.labels[rows], offsets).items():
+        decoded = self.decode(datamodule, self._outputs.log_posteriors(), rows, dataset.file, stats, split)
+        labels = dataset.labels[rows]
+        scored = labels >= 0
+        if scored.all():
+            scores = self.scores(decoded, labels, self.offsets(datamodule, rows, dataset.file))
+        else:  # held-out labels scattered inside utterances: the accuracy of those frames, no phone error rate
+            scores = {self.accuracy_name: frame_accuracy(decoded[torch.from_numpy(scored)], labels[scored])}
+        for name, value in scores.items():
             pl_module.log(f"{stage}/{name}", value)
 
     def scores(self, decoded: torch.Tensor, labels: np.ndarray, offsets: np.ndarray) -> dict[str, float]:
@@ -90,14 +109,18 @@ class ViterbiEvaluation(pl.Callback):
         return PhoneStatistics.estimate(train_labels, dm.utterance_starts(TRAIN_FEATURES), dm.num_classes)
 
     def decode(self, datamodule, log_posteriors: torch.Tensor, rows: np.ndarray, file: str,
-               stats: PhoneStatistics) -> torch.Tensor:
-        """The Viterbi classes of ``rows`` (sorted row ids of ``file`` in the data folder)
-        from their log posteriors; also used by ``predict`` (timit_lit.callbacks.prediction)."""
+               stats: PhoneStatistics, split: Optional[str] = None) -> torch.Tensor:
+        """The decoded classes of ``rows`` (sorted row ids of the row space ``file``, served
+        to ``split``) from their log posteriors, with the known labels taken as certain if
+        ``known_labels``; also used by ``predict`` (timit_lit.callbacks.prediction)."""
+        known = datamodule.known_labels(split) if self.known_labels and split else None
+        if known is not None:
+            log_posteriors = clamp_known(log_posteriors, known[rows])
         return self.decode_segments(log_posteriors, self.offsets(datamodule, rows, file), stats)
 
     @staticmethod
     def offsets(datamodule, rows: np.ndarray, file: str) -> np.ndarray:
-        """The segments of ``rows`` (sorted row ids of ``file``): its utterances, cut where rows are missing."""
+        """The segments of ``rows`` (sorted row ids of the row space ``file``): its utterances, cut where rows are missing."""
         return segment_offsets(rows, datamodule.utterance_starts(file))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -108,10 +131,9 @@ class ViterbiEvaluation(pl.Callback):
 
 
 def training_statistics(datamodule) -> PhoneStatistics:
-    """The statistics of the rows that train (``datamodule._loaded["train"]``), segmented by
-    utterance and at the split's cuts, so no transition joins two utterances or the two
-    sides of a cut (its speed: docs/sequence-models.md)."""
-    train = datamodule._loaded["train"]
-    rows = train.rows.numpy()
-    starts = datamodule.utterance_starts(TRAIN_FEATURES)
-    return PhoneStatistics.estimate(train.labels[rows], segment_offsets(rows, starts), datamodule.num_classes)
+    """The statistics of the labelled rows that train, segmented by utterance, at the
+    split's cuts and at unlabelled rows (``datamodule.labelled_segments("train")``), so no
+    transition joins two utterances or the two sides of a cut or a gap (its speed:
+    docs/sequence-models.md)."""
+    labels, offsets = datamodule.labelled_segments("train")
+    return PhoneStatistics.estimate(labels, offsets, datamodule.num_classes)

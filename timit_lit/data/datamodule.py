@@ -10,15 +10,22 @@ from typing import Literal, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from timit_lit import synthetic as synthetic_data  # (the module: it imports timit_lit.data for the file format)
-from timit_lit.data.datasets import FrameDataset, UtteranceDataset, keep_batch
+from timit_lit.data.datasets import UNLABELLED, FrameDataset, UtteranceDataset, keep_batch
 from timit_lit.data.files import (TEST_FEATURES, TEST_LABELS, TRAIN_FEATURES, TRAIN_LABELS, float32_features, load_labels,
-                                  open_features)
+                                  open_features, report)
 from timit_lit.data.samplers import LengthBucketedOrder
-from timit_lit.data.utterances import ContextWindows, utterance_starts
+from timit_lit.data.utterances import ContextWindows, RowsInUtteranceOrder, Utterances, recover_utterances, segment_offsets
 from timit_lit.errors import InputError
+
+# The row space of a folder whose utterances are not runs of one file's rows (MLE-bench's
+# shuffled split): all files' rows in utterance order (timit_lit.data.utterances.RowsInUtteranceOrder).
+RECOVERED = "utterance order"
+# Below this mean length (rows per recovered utterance) the rows form no utterances to speak of.
+MIN_MEAN_UTTERANCE = 3.0
 
 
 class TimitDataModule(pl.LightningDataModule):
@@ -34,8 +41,13 @@ class TimitDataModule(pl.LightningDataModule):
         split: ``contiguous``: the last ``val_ratio`` of the rows validate, as in the
             notebook (rows are in time order; the cut may fall inside an utterance);
             ``utterance``: whole utterances, recovered from the rows' overlap and drawn
-            at random with ``split_seed``, validate, about ``val_ratio`` of the rows.
-        split_seed: the seed of the ``utterance`` split (independent of ``seed_everything``).
+            at random with ``split_seed``, validate, about ``val_ratio`` of the rows;
+            ``labels``: the *labels* of ``val_ratio`` of the training rows, drawn at random
+            with ``split_seed``, validate, while their features stay in the training
+            utterances (as MLE-bench's test rows sit inside its training utterances:
+            docs/mlebench.md). With ``batch_by: utterances`` both splits serve whole
+            utterances, each scoring its own labels.
+        split_seed: the seed of the ``utterance`` and ``labels`` splits (independent of ``seed_everything``).
         context: frames per input row, odd. 11 uses the file's rows as they are; any other
             width rebuilds each row's window from its utterance's frames (edges repeat the
             utterance's first or last frame), so the model's input is ``context * 39``.
@@ -68,7 +80,7 @@ class TimitDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 4096,
         val_ratio: float = 0.2,
-        split: Literal["contiguous", "utterance"] = "contiguous",
+        split: Literal["contiguous", "utterance", "labels"] = "contiguous",
         split_seed: int = 0,
         context: int = 11,
         num_classes: int = 39,
@@ -124,14 +136,120 @@ class TimitDataModule(pl.LightningDataModule):
         # resident memory for as long as the map lives, and ContextWindows copies out what it uses.
         self._maps: weakref.WeakValueDictionary[str, np.memmap] = weakref.WeakValueDictionary()
         self._starts: dict[str, np.ndarray] = {}
+        self._utterances: Optional[Utterances] = None
+        self._known: dict[str, np.ndarray] = {}  # split: labels decoding may take as given (timit_lit.decoding)
+
+    def feature_files(self) -> list[str]:
+        """The feature files of the folder, in the order their rows are numbered together."""
+        return [name for name in (TRAIN_FEATURES, TEST_FEATURES) if (self.data_dir / name).is_file()]
+
+    def utterances(self) -> Utterances:
+        """The utterances of every feature file of the folder together
+        (:func:`timit_lit.data.utterances.recover_utterances`: rows in any order, an utterance's
+        rows possibly in several files), recovered once, said in one line on stderr, and kept."""
+        if self._utterances is None:
+            files = self.feature_files()
+            self._utterances = recover_utterances([self._features(name) for name in files])
+            if rank_zero_only.rank == 0:
+                report(self._describe(files, self._utterances))
+        return self._utterances
+
+    def _describe(self, files: list[str], found: Utterances) -> str:
+        sizes = ", ".join(f"{name} {n:,}" for name, n in zip(files, np.diff(found.file_starts)))
+        line = (f"{self.data_dir}: {len(files)} files ({sizes} rows): {len(found):,} utterances "
+                f"(mean {len(found.order) / max(len(found), 1):.1f} rows), ")
+        if found.in_file_order:
+            return line + "rows in time order"
+        line += "rows re-ordered into utterances"
+        if TEST_FEATURES in files and TRAIN_FEATURES in files:
+            line += f"; {self.test_rows_among_training():,} test rows sit inside training utterances"
+        return line
+
+    def test_rows_among_training(self) -> int:
+        """How many test rows share an utterance with training rows."""
+        found = self.utterances()
+        files = self.feature_files()
+        if files != [TRAIN_FEATURES, TEST_FEATURES]:
+            return 0
+        utterance = found.utterance_of()
+        n_train = int(found.file_starts[1])
+        has_training = np.zeros(len(found), dtype=bool)
+        has_training[utterance[:n_train]] = True
+        return int(has_training[utterance[n_train:]].sum())
+
+    def require_utterances(self, needed_by: str) -> None:
+        """Stop (InputError) where ``needed_by`` needs utterances and the rows form none."""
+        found = self.utterances()
+        mean = len(found.order) / max(len(found), 1)
+        if mean < MIN_MEAN_UTTERANCE:
+            raise InputError(f"{self.data_dir}: {needed_by} needs utterances, but its rows form none: {len(found):,} "
+                             f"'utterances' of {mean:.1f} rows on average among {len(found.order):,} rows (no row's last "
+                             f"10 frames are another's first 10)")
+
+    @property
+    def reordered(self) -> bool:
+        """Whether the folder's utterances are not runs of one file's rows: its rows are then
+        served in utterance order across files (the row space :data:`RECOVERED`)."""
+        return not self.utterances().in_file_order
 
     def utterance_starts(self, name: str) -> np.ndarray:
-        """Where the utterances of the feature file ``name`` (e.g. ``test_11.npy``) start, recovered
-        from its rows once (:func:`timit_lit.data.utterances.utterance_starts`) and kept: the
-        datasets, the decoder and the CSV writer all ask here."""
+        """Where the utterances of the row space ``name`` start: a feature file (e.g.
+        ``test_11.npy``) whose rows are in time order, or :data:`RECOVERED` (all files'
+        rows in utterance order), from :meth:`utterances`. The datasets, the decoder and the
+        CSV writer all ask here, with the ``file`` their dataset names."""
         if name not in self._starts:
-            self._starts[name] = utterance_starts(self._features(name))
+            found = self.utterances()
+            if name == RECOVERED:
+                self._starts[name] = found.offsets
+            else:
+                if not found.in_file_order:
+                    raise InputError(f"{self.data_dir / name}: its rows are not in time order; its utterances exist "
+                                     f"only in the row space {RECOVERED!r}")
+                f = self.feature_files().index(name)
+                first, stop = found.file_starts[f], found.file_starts[f + 1]
+                inside = found.offsets[(found.offsets >= first) & (found.offsets <= stop)]
+                self._starts[name] = (inside - first).astype(np.int64)
         return self._starts[name]
+
+    def dataset(self, split: str):
+        """The dataset of ``split`` (``train``, ``val``, ``test``, ``predict``) once set up:
+        its ``rows`` (ids in the row space ``file``, in the order served), ``labels`` (by
+        row id, negative where ``split`` scores none) and ``features``."""
+        if split not in self._loaded:
+            raise KeyError(f"the {split} split is not set up (setup() for its stage first)")
+        return self._loaded[split]
+
+    def labelled_segments(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The labels ``split`` scores, in utterance order, and the offsets of their segments:
+        cut at utterance edges and wherever rows are missing (the split's cuts, unscored
+        rows), so that consecutive labels in a segment are consecutive frames."""
+        dataset = self.dataset(split)
+        rows = dataset.rows.numpy()
+        rows = rows[dataset.labels[rows] >= 0]
+        labels, space = dataset.labels[rows], dataset.file
+        if space != RECOVERED and self.reordered:  # rows of one file, whose utterances span re-ordered files
+            rows = self._positions(RECOVERED, space)[rows]
+            order = np.argsort(rows)
+            rows, labels, space = rows[order], labels[order], RECOVERED
+        return labels, segment_offsets(rows, self.utterance_starts(space))
+
+    def known_labels(self, split: str) -> Optional[np.ndarray]:
+        """The labels, over the row space of ``split``'s dataset (-1 where unknown), that
+        were given for training and so may be taken as known when ``split`` is decoded:
+        for ``val``, those of the rows that train; for ``test`` and ``predict``, every
+        training row's. None where no given label shares that row space."""
+        return self._known.get(split)
+
+    def test_row_ids(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The ``test_11.npy`` row of each of ``rows`` (ids in the row space ``name``), -1 for a training row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if name == TEST_FEATURES:
+            return rows
+        found = self.utterances()
+        files = self.feature_files()
+        combined = found.order[rows]
+        first = found.file_starts[files.index(TEST_FEATURES)]
+        return np.where(combined >= first, combined - first, -1)
 
     def _features(self, name: str) -> np.ndarray:
         """The float32 memory map of the feature file ``name``, checked when mapped; one map per
@@ -157,70 +275,148 @@ class TimitDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Convert float64 features to float32 once per node (Lightning runs this on local rank 0 only)."""
         fn = self.trainer.state.fn if self.trainer else None
-        for name in (TRAIN_FEATURES,) if fn in ("fit", "validate") else (TEST_FEATURES,):
+        names = [TRAIN_FEATURES] if fn in ("fit", "validate") else [TEST_FEATURES]
+        if self._needs_utterances(fn in ("fit", "validate")):
+            names = self.feature_files()  # utterances are recovered across every file
+        for name in names:
             path = self.data_dir / name
             if path.is_file() and open_features(path).dtype != np.float32:
                 self._features(name)
 
+    def _needs_utterances(self, fitting: bool) -> Optional[str]:
+        """The option that makes this run read the rows' utterances, if any."""
+        if self.batch_by == "utterances":
+            return "data.batch_by utterances"
+        if self.context != 11:
+            return f"data.context {self.context}"
+        if fitting and self.split == "utterance":
+            return "data.split utterance"
+        return None
+
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self._loaded:
-            features, labels = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)
-            needs_starts = self.split == "utterance" or self.context != 11 or self.batch_by == "utterances"
-            starts = self.utterance_starts(TRAIN_FEATURES) if needs_starts else None
-            train_rows, val_rows = self._split(len(features), starts)
-            source = features if self.context == 11 else ContextWindows(features, self.context, starts)
-            self._loaded["train"] = self._dataset("train", source, starts, labels, train_rows)
-            self._loaded["val"] = self._dataset("train", source, starts, labels, val_rows)
+            self._setup_fit()
         if stage == "test" and "test" not in self._loaded:
             if not (self.data_dir / TEST_LABELS).is_file():
                 raise InputError(
                     f"{self.data_dir / TEST_LABELS}: file not found; `test` needs the labels of {TEST_FEATURES} "
                     f"(the course gives none: use `predict` to write the Kaggle CSV)"
                 )
-            features, labels = self._labelled(TEST_FEATURES, TEST_LABELS)
-            self._loaded["test"] = self._dataset("test", *self._windows(TEST_FEATURES, features), labels)
+            self._setup_evaluation("test", with_labels=True)
         if stage == "predict" and "predict" not in self._loaded:
-            self._loaded["predict"] = self._dataset("predict", *self._windows(TEST_FEATURES, self._features(TEST_FEATURES)), None)
+            self._setup_evaluation("predict", with_labels=False)
 
-    def _windows(self, name: str, features: np.ndarray):
-        """The input rows of a whole file, and its utterances' starts where anything needs them."""
-        starts = self.utterance_starts(name) if self.context != 11 or self.batch_by == "utterances" else None
-        return features if self.context == 11 else ContextWindows(features, self.context, starts), starts
+    def _setup_fit(self) -> None:
+        needed_by = self._needs_utterances(fitting=True)
+        if needed_by:
+            self.require_utterances(needed_by)
+        space, features, starts = self._space(TRAIN_FEATURES, needed_by is not None)
+        labels = np.full(len(features), -1, dtype=np.int64)
+        labels[self._positions(space, TRAIN_FEATURES)] = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)[1]
+        train, val = self._split(space, labels, starts)
+        source = features if self.context == 11 else ContextWindows(features, self.context, starts)
+        self._known["val"] = np.where(train, labels, -1)
+        self._loaded["train"] = self._dataset("train", space, source, starts, train, labels)
+        self._loaded["val"] = self._dataset("train", space, source, starts, val, labels)
 
-    def _split(self, n_rows: int, starts: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Training and validation row ids."""
+    def _setup_evaluation(self, split: str, with_labels: bool) -> None:
+        """The ``test`` or ``predict`` dataset: every row of the test file scored (predicted),
+        in its utterances' context where the run reads utterances."""
+        needed_by = self._needs_utterances(fitting=False)
+        if needed_by:
+            self.require_utterances(needed_by)
+        space, features, starts = self._space(TEST_FEATURES, needed_by is not None)
+        scored = np.zeros(len(features), dtype=bool)
+        scored[self._positions(space, TEST_FEATURES)] = True
+        labels = None
+        if with_labels:
+            labels = np.full(len(features), -1, dtype=np.int64)
+            labels[self._positions(space, TEST_FEATURES)] = self._labelled(TEST_FEATURES, TEST_LABELS)[1]
+        if space == RECOVERED and (self.data_dir / TRAIN_LABELS).is_file():
+            known = np.full(len(features), -1, dtype=np.int64)
+            known[self._positions(space, TRAIN_FEATURES)] = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)[1]
+            self._known[split] = known
+        source = features if self.context == 11 else ContextWindows(features, self.context, starts)
+        self._loaded[split] = self._dataset(split, space, source, starts, scored, labels)
+
+    def _space(self, file: str, uses_utterances: bool):
+        """``(name, features, starts)`` of the rows a split reads: the file itself, or, where the
+        run reads utterances and the folder's rows are not in time order, all files' rows in
+        utterance order (:data:`RECOVERED`). ``starts`` only where utterances are read."""
+        if uses_utterances and self.reordered:
+            if self.features_on_device:
+                raise InputError("data.features_on_device needs rows in time order; this folder's utterances are "
+                                 "recovered across re-ordered rows")
+            found = self.utterances()
+            features = RowsInUtteranceOrder([self._features(name) for name in self.feature_files()], found)
+            return RECOVERED, features, found.offsets
+        return file, self._features(file), self.utterance_starts(file) if uses_utterances else None
+
+    def _positions(self, space: str, file: str) -> np.ndarray:
+        """Where each row of ``file`` sits in the row space ``space``."""
+        if space == file:
+            return np.arange(len(self._features(file)))
+        found = self.utterances()
+        position = np.empty(len(found.order), dtype=np.int64)
+        position[found.order] = np.arange(len(found.order))
+        f = self.feature_files().index(file)
+        return position[found.file_starts[f] : found.file_starts[f + 1]]
+
+    def _split(self, space: str, labels: np.ndarray, starts: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Which labelled rows of the space train and which validate (two boolean masks)."""
+        labelled = labels >= 0
+        n_labelled = int(labelled.sum())
         if self.split == "contiguous":
-            n_train = int(n_rows * (1 - self.val_ratio))  # the notebook's rounding
-            return np.arange(n_train), np.arange(n_train, n_rows)
-        lengths = np.diff(starts)
-        order = np.random.default_rng(self.split_seed).permutation(len(lengths))
-        # Utterances in a random order until they hold val_ratio of the rows.
-        n_val = int(np.searchsorted(np.cumsum(lengths[order]), self.val_ratio * n_rows)) + 1 if self.val_ratio else 0
-        is_val = np.zeros(len(lengths), dtype=bool)
-        is_val[order[:n_val]] = True
-        in_val = np.repeat(is_val, lengths)
-        return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+            if space == RECOVERED:
+                raise InputError(f"{self.data_dir}: data.split contiguous needs rows in time order; these were re-ordered "
+                                 f"into utterances: use data.split labels (or utterance)")
+            in_val = np.arange(len(labels)) >= int(n_labelled * (1 - self.val_ratio))  # the notebook's rounding
+        elif self.split == "labels":
+            rows = np.flatnonzero(labelled)
+            chosen = np.random.default_rng(self.split_seed).permutation(len(rows))[: int(round(self.val_ratio * len(rows)))]
+            in_val = np.zeros(len(labels), dtype=bool)
+            in_val[rows[chosen]] = True
+        else:
+            utterance = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+            lengths = np.bincount(utterance[labelled], minlength=len(starts) - 1)
+            order = np.random.default_rng(self.split_seed).permutation(len(lengths))
+            # Utterances in a random order until they hold val_ratio of the labelled rows.
+            n_val = int(np.searchsorted(np.cumsum(lengths[order]), self.val_ratio * n_labelled)) + 1 if self.val_ratio else 0
+            is_val = np.zeros(len(lengths), dtype=bool)
+            is_val[order[:n_val]] = True
+            in_val = is_val[utterance]
+        return labelled & ~in_val, labelled & in_val
 
-    def _dataset(self, file: str, features, starts: Optional[np.ndarray], labels: Optional[np.ndarray],
-                 rows: Optional[np.ndarray] = None):
-        """A dataset over ``features`` (all rows, or ``rows``): utterances or rows, as ``batch_by``
-        says; with ``features_on_device`` on an accelerator, the file is copied there once
-        and the dataset serves row ids. Each dataset names its feature file (``dataset.file``),
-        so that what needs its utterances asks :meth:`utterance_starts`."""
-        dataset = self._rows_or_utterances(file, features, starts, labels, rows)
-        dataset.file = TRAIN_FEATURES if file == "train" else TEST_FEATURES
+    def _dataset(self, key: str, space: str, features, starts: Optional[np.ndarray], scored: np.ndarray,
+                 labels: Optional[np.ndarray]):
+        """A dataset of the rows ``scored`` (a mask over the row space ``space``), each with
+        its label (from ``labels``; row ids where None, in ``predict``): rows, or utterances, as
+        ``batch_by`` says. Utterances are served whole, unscored rows (test rows, held-out
+        labels) carrying :data:`UNLABELLED`, where other rows share them (``split: labels``, or a
+        re-ordered folder); as the scored rows' stretches otherwise. Each dataset names its
+        row space (``dataset.file``), so that what needs its utterances asks
+        :meth:`utterance_starts`; with ``features_on_device`` on an accelerator, the file
+        is copied there once and the dataset serves row ids."""
+        rows = np.flatnonzero(scored)
+        if self.batch_by == "utterances":
+            if space == RECOVERED or self.split == "labels":
+                utterance = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+                rows = np.flatnonzero(np.isin(utterance, utterance[rows]))
+            if labels is not None:
+                labels = np.where(scored, labels, UNLABELLED)
+            dataset = UtteranceDataset(features, labels, rows, starts)
+        else:
+            dataset = self._frames(key, features, labels, rows)
+        dataset.file = space
         return dataset
 
-    def _rows_or_utterances(self, file: str, features, starts: Optional[np.ndarray], labels: Optional[np.ndarray],
-                            rows: Optional[np.ndarray]):
-        if self.batch_by == "utterances":
-            return UtteranceDataset(features, labels, np.arange(len(features)) if rows is None else rows, starts)
+    def _frames(self, key: str, features, labels: Optional[np.ndarray], rows: np.ndarray) -> "FrameDataset":
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         on_device = self.features_on_device
-        if on_device and file not in self._on_device:  # (on a CPU this keeps the memory map as it is)
+        if on_device and key not in self._on_device:  # (on a CPU this keeps the memory map as it is)
             with warnings.catch_warnings():  # the map is read-only, and so are the tensors read from it
                 warnings.filterwarnings("ignore", message=".*not writable.*")
-                self._on_device[file] = (
+                self._on_device[key] = (
                     torch.from_numpy(features).to(device) if isinstance(features, np.ndarray) else features.to(device),
                     torch.from_numpy(labels).to(device) if labels is not None else None,
                 )

@@ -11,6 +11,11 @@ from torch.utils.data import Dataset
 from timit_lit.data.utterances import segment_offsets
 
 
+# The label of a frame that is served as input but scored nowhere (a test row, a held-out label
+# inside an utterance); padding's is -1 (timit_lit.models.base.IGNORED).
+UNLABELLED = -2
+
+
 class FrameDataset(Dataset):
     """Some ``rows`` of a feature matrix (all by default), served a whole batch per call.
 
@@ -57,7 +62,9 @@ class UtteranceDataset(Dataset):
 
     A batch is ``(features, targets, lengths)``: ``utterances x frames x features``,
     ``utterances x frames`` (labels, or row ids when there are no labels, so predictions
-    find their place in the file; -1 in the padding) and each utterance's real length.
+    find their place in the file; -1 in the padding, :data:`UNLABELLED` at frames whose label
+    the split does not score: test rows and held-out labels inside an utterance, which stay
+    in the input) and each utterance's real length.
     ``rows`` and ``labels`` are those of :class:`FrameDataset`: the frames served, in order.
     """
 

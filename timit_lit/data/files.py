@@ -69,7 +69,7 @@ def _chunks(n_rows: int, n_cols: int, chunk_bytes: int = 64 << 20):
         yield start, min(start + step, n_rows)
 
 
-def _report(message: str) -> None:
+def report(message: str) -> None:
     """Progress of a long step, on stderr (once per node: callers run on local rank 0)."""
     print(f"timit_lit: {message}", file=sys.stderr, flush=True)
 
@@ -112,7 +112,7 @@ def _convert_to_float32(path: Path, shape: tuple[int, int], dtype: np.dtype, off
     except OSError as error:
         raise InputError(f"{cache.parent}: cannot create the float32 cache ({error}); set --data.cache_dir") from error
     started, reported = time.monotonic(), 0
-    _report(f"converting {path} ({shape[0]:,} x {shape[1]} {dtype}) to float32 in {cache} (once)")
+    report(f"converting {path} ({shape[0]:,} x {shape[1]} {dtype}) to float32 in {cache} (once)")
     with atomic_path(cache) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         with open(path, "rb") as source:
@@ -123,7 +123,7 @@ def _convert_to_float32(path: Path, shape: tuple[int, int], dtype: np.dtype, off
                 out[start:stop] = chunk
                 if stop * 10 // shape[0] > reported:  # every 10%
                     reported = stop * 10 // shape[0]
-                    _report(f"  {path.name}: {10 * reported}% ({time.monotonic() - started:.0f} s)")
+                    report(f"  {path.name}: {10 * reported}% ({time.monotonic() - started:.0f} s)")
         out.flush()
         del out
         source_stat = path.stat()

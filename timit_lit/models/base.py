@@ -11,11 +11,14 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
+from timit_lit.data.datasets import UNLABELLED  # noqa: F401 (documented beside IGNORED)
 from timit_lit.errors import InputError
 
 # The target of a padding frame (a slot of a padded utterance batch past the utterance's end):
 # the loss and the accuracy skip it, and so do validation's, test's and predict's outputs.
 IGNORED = -1
+# The target of a real frame that is input only (UNLABELLED, timit_lit.data.datasets): the loss
+# and the accuracy skip it too, but validation's and test's outputs keep it, for decoding.
 
 
 class FrameMean(Metric):
@@ -110,17 +113,18 @@ class PhoneModel(pl.LightningModule):
 
     def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss training minimises, on one row of logits per frame: the mean cross-entropy
-        over real frames (padding's :data:`IGNORED` targets skipped) with the model's
+        over labelled frames (padding's :data:`IGNORED` and unlabelled frames' targets skipped) with the model's
         ``label_smoothing`` (evaluation reports it plain). Lightning's steps and the model's own
         (:class:`~timit_lit.models.train_steps.TrainSteps`) both call this."""
-        return F.cross_entropy(logits, targets, ignore_index=IGNORED, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits, targets.clamp(min=IGNORED), ignore_index=IGNORED, label_smoothing=self.label_smoothing)
 
     def _evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss and accuracy of one batch over its real frames, logged as epoch averages under
         ``stage/``; returns the loss, the frame logits and their targets (padding: IGNORED)."""
         logits, y = self.frame_logits(batch)
-        loss = self.training_loss(logits, y) if stage == "train" else F.cross_entropy(logits, y, ignore_index=IGNORED)
-        frames = (y != IGNORED).sum()
+        loss = (self.training_loss(logits, y) if stage == "train"
+                else F.cross_entropy(logits, y.clamp(min=IGNORED), ignore_index=IGNORED))
+        frames = (y >= 0).sum()  # labelled frames: padding (IGNORED) and UNLABELLED frames are neither
         losses, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         losses.update(loss.detach() * frames, frames)
         accuracy.update((logits.detach().argmax(dim=1) == y).sum(), frames)  # a padding target (-1) is never a class
@@ -135,7 +139,8 @@ class PhoneModel(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Returns the real frames' logits (float32), which Viterbi decoding (timit_lit.decoding) collects."""
         logits, y = self.real_frames(*self._evaluate(batch, "val")[1:])
-        self.val_confusion.update(logits, y)
+        labelled = y >= 0
+        self.val_confusion.update(logits, y) if self.batch_by == "rows" else self.val_confusion.update(logits[labelled], y[labelled])
         return logits
 
     def on_validation_epoch_start(self) -> None:
