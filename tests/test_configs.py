@@ -16,7 +16,7 @@ def test_gpu_yaml_on_the_mlp_configs(tiny_data, tmp_path, base):
                  "--data.data_dir", str(tiny_data), *ON_CPU, "--model.cuda_graph", "false")  # CUDA graphs need CUDA
     assert cli.model.steps_per_call == 64 and not cli.model.automatic_optimization  # the model's own steps
     assert cli.datamodule.features_on_device
-    rows = len(cli.datamodule.train_dataloader().dataset)
+    rows = len(cli.datamodule.dataset("train"))
     assert cli.trainer.global_step == -(-rows // cli.datamodule.batch_size)  # one optimizer step per batch of rows
 
 

@@ -142,7 +142,7 @@ def test_every_utterance_one_cycle_and_averaged_weights(tiny_data, tmp_path):
     common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.batch_size", "2"]
     ema = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay", "0.5"]
     cli = run_in(tmp_path, "fit", *common, *ema, "--trainer.max_epochs", "2")
-    assert len(cli.datamodule._loaded["val"]) == 0 and len(cli.datamodule._loaded["train"]) == 12  # every utterance
+    assert len(cli.datamodule.dataset("val")) == 0 and len(cli.datamodule.dataset("train")) == 12  # every utterance
     (cycle,) = cli.trainer.lr_scheduler_configs
     assert cycle.interval == "step" and isinstance(cycle.scheduler, torch.optim.lr_scheduler.OneCycleLR)
     assert cycle.scheduler.total_steps == cli.trainer.global_step == 12  # 6 batches of 2 utterances, 2 epochs
