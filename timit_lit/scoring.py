@@ -93,8 +93,8 @@ def boundary_accuracy(predictions, labels, offsets) -> dict[str, float]:
 
 def dataset_starts(dataset, datamodule=None) -> Optional[np.ndarray]:
     """The utterance starts of the file a split's dataset reads, from the data module, which
-    recovers each file's once (None where its rows are not ``timit_11``-style spliced
-    frames, so that utterances cannot be told)."""
+    recovers them once (None where utterances cannot be told: rows that are not
+    ``timit_11``-style spliced frames, or a shuffled file read in its own order)."""
     try:
         if hasattr(datamodule, "utterance_starts") and getattr(dataset, "file", None):
             return datamodule.utterance_starts(dataset.file)

@@ -81,8 +81,8 @@ class PhoneErrorEvaluation(pl.Callback):
             starts = dataset_starts(dataset, datamodule)
             offsets = None if starts is None else segment_offsets(dataset.rows.numpy(), starts)
             if offsets is None and not self._warned:
-                rank_zero_warn("phone_errors: the rows are not 11 spliced frames of 39 features, so their utterances "
-                               "cannot be told: no phone error rate or boundary accuracy")
+                rank_zero_warn("phone_errors: the utterances of these rows cannot be told (rows not 11 spliced frames "
+                               "of 39 features, or not in time order): no phone error rate or boundary accuracy")
                 self._warned = True
             self._segments[stage] = (dataset, offsets)
         return self._segments[stage][1]
