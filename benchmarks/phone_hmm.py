@@ -60,7 +60,7 @@ def posteriors(args, split: str) -> dict:
     with torch.no_grad():
         for batch in loader:
             parts.append(model.real_frames(*model.frame_logits(batch))[0].log_softmax(dim=1))
-    dataset = data._loaded[split]
+    dataset = data.dataset(split)
     rows = dataset.rows.numpy()
     file = TRAIN_FEATURES if split == "val" else TEST_FEATURES
     result = {"log_posteriors": torch.cat(parts).numpy().astype(np.float32), "labels": dataset.labels[rows].astype(np.int64),

@@ -2,9 +2,13 @@
 layers on parses and trains a few steps (on the CPU here, the accelerator overridden; on a
 GPU as written: tests/test_gpu.py), and an option a network does not take is one line."""
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from conftest import REPO, run_in
+from timit_lit.callbacks import CudaMatmulPrecision
 
 CONFIGS = REPO / "configs"
 ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"]
@@ -16,6 +20,9 @@ def test_gpu_yaml_on_the_mlp_configs(tiny_data, tmp_path, base):
                  "--data.data_dir", str(tiny_data), *ON_CPU, "--model.cuda_graph", "false")  # CUDA graphs need CUDA
     assert cli.model.steps_per_call == 64 and not cli.model.automatic_optimization  # the model's own steps
     assert cli.datamodule.features_on_device
+    # TF32 asked for, and on a CPU nothing changed (tests/test_gpu.py checks a GPU run).
+    (matmul,) = [c for c in cli.trainer.callbacks if isinstance(c, CudaMatmulPrecision)]
+    assert matmul.float32 == "high" and torch.get_float32_matmul_precision() == "highest"
     rows = len(cli.datamodule.dataset("train"))
     assert cli.trainer.global_step == -(-rows // cli.datamodule.batch_size)  # one optimizer step per batch of rows
 
@@ -36,3 +43,13 @@ def test_an_option_the_network_does_not_take_is_one_line(tiny_data, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["timit_lit: error: model.steps_per_call: the network RecurrentPhoneClassifier takes no such option "
                    "(model.class_path timit_lit.models.RecurrentPhoneClassifier)"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_the_matmul_precision_is_set_on_a_cuda_device_only(device):
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    try:
+        CudaMatmulPrecision("high").setup(trainer, None, "fit")
+        assert torch.get_float32_matmul_precision() == ("high" if device == "cuda" else "highest")
+    finally:
+        torch.set_float32_matmul_precision("highest")

@@ -23,7 +23,9 @@ SMALL_RECURRENT = ["--model.hidden_size", "32", "--model.num_layers", "2", "--da
 def test_gpu_yaml_trains_the_mlp_configs_with_a_cuda_graph(tiny_data, tmp_path, base):
     cli = run_in(tmp_path, "fit", "--config", str(CONFIGS / base), "--config", str(CONFIGS / "gpu.yaml"),
                  "--data.data_dir", str(tiny_data), "--trainer.max_epochs", "2")
-    assert cli.model.device.type == "cuda" and cli.model.own_steps == "model.cuda_graph"
+    assert cli.model.device.type == "cuda" and not cli.model.automatic_optimization and cli.model.hparams.cuda_graph
+    assert torch.get_float32_matmul_precision() == "high"  # TF32, as gpu.yaml asks
+    torch.set_float32_matmul_precision("highest")
     rows = len(cli.datamodule.dataset("train"))
     assert cli.trainer.global_step == 2 * -(-rows // cli.datamodule.batch_size)  # every optimizer step counted
     assert 0 < float(cli.trainer.callback_metrics["val/acc"]) <= 1

@@ -26,9 +26,9 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from timit_lit.callbacks import (AtomicCheckpointIO, CsvPredictionWriter, EpochLearningRate, EpochThroughput,
-                                 LastCheckpoint, PhoneDecoding, PhoneErrorEvaluation, ResumeState, RunConfig,
-                                 ValidationFigures, ViterbiEvaluation)
+from timit_lit.callbacks import (AtomicCheckpointIO, CsvPredictionWriter, CudaMatmulPrecision, EpochLearningRate,
+                                 EpochThroughput, LastCheckpoint, PhoneDecoding, PhoneErrorEvaluation, ResumeState,
+                                 RunConfig, ValidationFigures, ViterbiEvaluation)
 from timit_lit.checkpoints import (ckpt_path_best, ckpt_path_hpc, ckpt_path_last, first_logger, logger_version,
                                    one_line_parse_errors, read_checkpoint)
 from timit_lit.data import TimitDataModule
@@ -77,6 +77,8 @@ class TimitCLI(CheckpointHparamsCLI):
         parser.add_lightning_class_args(PhoneDecoding, "phone_decoding")
         # Phone error rate and boundary / inner-frame accuracy in validate / test (timit_lit.callbacks.phone_errors).
         parser.add_lightning_class_args(PhoneErrorEvaluation, "phone_errors")
+        # float32 matmul precision on a CUDA device (TF32 with `high`; configs/gpu.yaml), none elsewhere.
+        parser.add_lightning_class_args(CudaMatmulPrecision, "cuda_matmul")
         # The network: PhoneClassifier (the notebook's MLP and its variants) unless the config
         # names another PhoneModel as model.class_path; plain `model:` options apply to it.
         parser.set_defaults({"model": {"class_path": "timit_lit.models.PhoneClassifier"}})

@@ -1,7 +1,8 @@
 """The callbacks the CLI adds to every run: Viterbi and phone-level decoding and phone errors scored in
 evaluation (from one collector of the epoch's predictions), TensorBoard extras, the prediction CSV
-writer, and what resuming needs."""
+writer, what resuming needs, and the float32 matmul precision on a GPU."""
 
+from timit_lit.callbacks.cuda_matmul import CudaMatmulPrecision
 from timit_lit.callbacks.monitoring import EpochLearningRate, EpochThroughput, RunConfig, ValidationFigures
 from timit_lit.callbacks.outputs import EvaluationOutputs
 from timit_lit.callbacks.phone_decoding import PhoneDecoding
@@ -12,4 +13,4 @@ from timit_lit.callbacks.viterbi import ViterbiEvaluation
 
 __all__ = ["EpochLearningRate", "EpochThroughput", "RunConfig", "ValidationFigures", "EvaluationOutputs",
            "PhoneDecoding", "PhoneErrorEvaluation", "CsvPredictionWriter", "AtomicCheckpointIO", "LastCheckpoint",
-           "ResumeState", "ViterbiEvaluation"]
+           "ResumeState", "ViterbiEvaluation", "CudaMatmulPrecision"]
