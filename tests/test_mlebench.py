@@ -161,3 +161,22 @@ def test_predict_on_two_processes_writes_the_same_csv(folders, tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes()
+
+
+def test_the_notebooks_mlp_takes_the_shuffled_rows_as_they_are(folders, tmp_path, recwarn):
+    """The baseline needs no utterances: it trains on the training file's rows in their shuffled
+    order (a contiguous split, as the notebook's), says why it gives no phone error rate, and
+    predicts every test row in the file's order."""
+    _, shuffled, _, train_ids, test_ids = folders
+    common = ["--config", str(REPO / "configs" / "baseline.yaml"), "--data.data_dir", str(shuffled),
+              "--model.hidden_sizes", "[32]"]
+    fit = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "1")
+    train, val = (fit.datamodule.dataset(split) for split in ("train", "val"))
+    assert train.file == val.file == "train_11.npy"
+    rows = np.concatenate([train.rows.numpy(), val.rows.numpy()])
+    assert np.array_equal(rows, np.arange(len(train_ids))) and len(val) == pytest.approx(0.2 * len(train_ids), abs=1)
+    assert any("utterances of these rows cannot be told" in str(w.message) and "not in time order" in str(w.message)
+               for w in recwarn.list)
+    run_in(tmp_path, "predict", *common, "--ckpt_path", "last", "--prediction.output_path", str(tmp_path / "p.csv"))
+    ids = [int(line.split(",")[0]) for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+    assert ids == list(range(len(test_ids)))
