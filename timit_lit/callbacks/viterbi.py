@@ -105,8 +105,7 @@ class ViterbiEvaluation(pl.Callback):
         where = trainer.ckpt_path or "the model (no --ckpt_path)"
         rank_zero_info(f"timit_lit: no phone statistics in {where} (older checkpoints lack them): counting them from "
                        f"{dm.data_dir / TRAIN_LABELS}, all rows, validation included")
-        _, train_labels = dm._labelled(TRAIN_FEATURES, TRAIN_LABELS)
-        return PhoneStatistics.estimate(train_labels, dm.utterance_starts(TRAIN_FEATURES), dm.num_classes)
+        return PhoneStatistics.estimate(dm.training_labels(), dm.utterance_starts(TRAIN_FEATURES), dm.num_classes)
 
     def decode(self, datamodule, log_posteriors: torch.Tensor, rows: np.ndarray, file: str,
                stats: PhoneStatistics, split: Optional[str] = None) -> torch.Tensor:

@@ -267,6 +267,10 @@ class TimitDataModule(pl.LightningDataModule):
         features = self._maps[name] = float32_features(path, self.cache_dir)
         return features
 
+    def training_labels(self) -> np.ndarray:
+        """The training file's labels, every row, in the file's order (read and checked)."""
+        return self._labelled(TRAIN_FEATURES, TRAIN_LABELS)[1]
+
     def _labelled(self, features_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
         features = self._features(features_name)
         labels = load_labels(self.data_dir / labels_name, len(features), self.num_classes, self.data_dir / features_name)
