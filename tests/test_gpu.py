@@ -9,9 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import REPO, run_in
-from test_host_reads import HOST_READS, OPTIMIZER_CODE, ProfileOneStep, _caller
-from timit_lit.data import TimitDataModule
-from timit_lit.models.recurrent import RecurrentPhoneClassifier
+from test_host_reads import HOST_READS, OPTIMIZER_CODE, ProfileOneStep, _caller, small_recurrent_recipe
 
 pytestmark = pytest.mark.gpu
 CONFIGS = REPO / "configs"
@@ -54,12 +52,7 @@ def test_a_recurrent_gpu_training_step_reads_nothing_back(tiny_data, tmp_path):
     """The profiler's count of host reads in one mixed-precision training step on the GPU: only
     Adam's step counts (CPU tensors: no wait for the device), and under 16-mixed the loss
     scaler's check for infinite gradients (torch.amp's GradScaler reads it to skip the step)."""
-    pl.seed_everything(0)
-    data = TimitDataModule(data_dir=str(tiny_data), batch_by="utterances", batch_size=4, bucket_by_length=True,
-                           val_ratio=0.0, context=1)
-    model = RecurrentPhoneClassifier(input_dim=39, hidden_size=16, num_layers=2, frames_per_step=2, dropout=0.3,
-                                     label_smoothing=0.1, weight_decay=0.01, schedule="one_cycle", time_masks=2,
-                                     feature_masks=2, feature_mask_dims=6)
+    data, model = small_recurrent_recipe(tiny_data)
     probe = ProfileOneStep(batch_idx=1)
     trainer = pl.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed" if torch.cuda.is_bf16_supported()
                          else "16-mixed", max_epochs=1, limit_train_batches=2, gradient_clip_val=5.0,

@@ -57,15 +57,21 @@ def _caller(event) -> str:
     return event.name if event is not None else "?"
 
 
-def test_a_recurrent_training_step_reads_nothing_back_beyond_the_optimizer(tiny_data, tmp_path):
-    """recurrent.yaml's way of training (dropout, input masks, label smoothing, clipping,
-    AdamW, one-cycle, length buckets), one process, on generated data."""
+def small_recurrent_recipe(data_dir) -> tuple[TimitDataModule, RecurrentPhoneClassifier]:
+    """recurrent.yaml's way of training (dropout, input masks, label smoothing, AdamW,
+    one-cycle, length buckets) at a test's size; the trainer adds clipping."""
     pl.seed_everything(0)
-    data = TimitDataModule(data_dir=str(tiny_data), batch_by="utterances", batch_size=4, bucket_by_length=True,
+    data = TimitDataModule(data_dir=str(data_dir), batch_by="utterances", batch_size=4, bucket_by_length=True,
                            val_ratio=0.0, context=1)
     model = RecurrentPhoneClassifier(input_dim=39, hidden_size=16, num_layers=2, frames_per_step=2, dropout=0.3,
                                      label_smoothing=0.1, weight_decay=0.01, schedule="one_cycle", time_masks=2,
                                      feature_masks=2, feature_mask_dims=6)
+    return data, model
+
+
+def test_a_recurrent_training_step_reads_nothing_back_beyond_the_optimizer(tiny_data, tmp_path):
+    """recurrent.yaml's way of training, clipping included, one process, on generated data."""
+    data, model = small_recurrent_recipe(tiny_data)
     probe = ProfileOneStep(batch_idx=1)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, gradient_clip_val=5.0,
                          callbacks=[probe, EpochThroughput(), probe.closer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
