@@ -139,8 +139,11 @@ class PhoneModel(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Returns the real frames' logits (float32), which Viterbi decoding (timit_lit.decoding) collects."""
         logits, y = self.real_frames(*self._evaluate(batch, "val")[1:])
-        labelled = y >= 0
-        self.val_confusion.update(logits, y) if self.batch_by == "rows" else self.val_confusion.update(logits[labelled], y[labelled])
+        if self.batch_by == "rows":  # every row is labelled: counted as is, without reading the device
+            self.val_confusion.update(logits, y)
+        else:  # unlabelled frames inside utterances (split labels) are decoded, not counted
+            labelled = y >= 0
+            self.val_confusion.update(logits[labelled], y[labelled])
         return logits
 
     def on_validation_epoch_start(self) -> None:
