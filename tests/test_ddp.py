@@ -99,3 +99,22 @@ def test_every_epoch_the_processes_share_the_bucketed_order_exactly(tiny_data, t
         assert sum(trained.values()) == padded, f"epoch {epoch}: utterances repeated"
         assert len(ranks[0][epoch]) == len(ranks[1][epoch])
     assert ranks[0][0] != ranks[0][1] != ranks[0][2]  # a new order every epoch
+
+
+def test_a_run_leaves_the_process_group_it_joined(tiny_data, best_checkpoint, tmp_path, monkeypatch):
+    """A DDP run's gloo group is destroyed when the run ends, so the interpreter's shutdown never
+    meets it (left there, it can abort a process whose work is done); a group the caller made stays."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    common = ["--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(best_checkpoint),
+              "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "ddp"]
+    run_in(tmp_path, "predict", *common, "--prediction.output_path", str(tmp_path / "joined.csv"))
+    assert (tmp_path / "joined.csv").exists() and not dist.is_initialized()
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        run_in(tmp_path, "predict", *common, "--prediction.output_path", str(tmp_path / "given.csv"))
+        assert (tmp_path / "given.csv").exists() and dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

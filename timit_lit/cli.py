@@ -36,7 +36,7 @@ from timit_lit.errors import InputError, option_error_line
 from timit_lit.lightning_api import CheckpointHparamsCLI, checkpoint_logged_step, set_logged_step
 from timit_lit.models import CheckpointEnsemble, PhoneModel, RecurrentPhoneClassifier
 from timit_lit.models.ensemble import ensemble_data_settings
-from timit_lit.runtime import quiet_known_warnings, return_large_buffers_to_the_os
+from timit_lit.runtime import process_group_left_on_exit, quiet_known_warnings, return_large_buffers_to_the_os
 from timit_lit.summary import fit_summary
 
 # Imported so that their short names work on the command line (--model RecurrentPhoneClassifier).
@@ -260,19 +260,20 @@ def main(args: list[str] | None = None) -> TimitCLI:
     """Entry point of ``python -m timit_lit`` and ``timit-lit``; ``args`` for tests."""
     quiet_known_warnings()
     try:
-        return TimitCLI(
-            PhoneModel,
-            TimitDataModule,
-            subclass_mode_model=True,
-            args=args,
-            seed_everything_default=0,
-            save_config_callback=RunConfig,
-            save_config_kwargs={"overwrite": True},
-            # Always present, whatever the config's trainer.callbacks: RNG states in every checkpoint.
-            trainer_defaults={"callbacks": [ResumeState()]},
-            # Parse errors raise (TimitCLI.parse_arguments says them in one line), on every subcommand's parser.
-            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in TimitCLI.subcommands()}},
-        )
+        with process_group_left_on_exit():
+            return TimitCLI(
+                PhoneModel,
+                TimitDataModule,
+                subclass_mode_model=True,
+                args=args,
+                seed_everything_default=0,
+                save_config_callback=RunConfig,
+                save_config_kwargs={"overwrite": True},
+                # Always present, whatever the config's trainer.callbacks: RNG states in every checkpoint.
+                trainer_defaults={"callbacks": [ResumeState()]},
+                # Parse errors raise (TimitCLI.parse_arguments says them in one line), on every subcommand's parser.
+                parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in TimitCLI.subcommands()}},
+            )
     except (InputError, ValueError) as error:
         # jsonargparse reports an InputError raised while it builds the model (an ensemble
         # loading its members) as the cause of its own multi-line ValueError.

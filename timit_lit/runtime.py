@@ -1,10 +1,15 @@
-"""Process-wide settings of a timit_lit run: warnings that are noise here, and glibc's malloc for `predict`."""
+"""Process-wide settings of a timit_lit run: warnings that are noise here, glibc's malloc for
+`predict`, and the process group left before the interpreter exits."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch.distributed as dist
 
 
 def quiet_known_warnings() -> None:
@@ -51,3 +56,20 @@ def return_large_buffers_to_the_os() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD, glibc only
     except (OSError, AttributeError):
         pass
+
+
+@contextmanager
+def process_group_left_on_exit() -> Iterator[None]:
+    """Destroy the process group a run joined (DDP), once the run is over, error or not.
+
+    Lightning destroys it at exit for NCCL only. A gloo group (DDP on CPU) left to the
+    interpreter's shutdown can abort a process whose work is done, with "terminate called
+    without an active exception" and status -6 (pytorch/pytorch#190489). A group that was
+    there before the run belongs to the caller and stays.
+    """
+    joined_here = not (dist.is_available() and dist.is_initialized())
+    try:
+        yield
+    finally:
+        if joined_here and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
