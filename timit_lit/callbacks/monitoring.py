@@ -101,11 +101,12 @@ class EpochThroughput(Callback):
 
 def _frames(batch):
     """Real frames in a training batch: one (features, labels) batch, a list of them
-    (model.steps_per_call > 1), or utterances (features, labels, lengths) counted by length,
+    (model.steps_per_call > 1), or utterances (features, labels, lengths[, teacher's
+    posteriors]) counted by length,
     on the device (a tensor, read once per epoch: no step waits for it)."""
     if isinstance(batch, list):
         return sum(_frames(b) for b in batch)
-    if len(batch) == 3:
+    if len(batch) >= 3:
         return batch[2].sum()
     return batch[1].numel()
 

@@ -62,8 +62,9 @@ def write_csv_atomically(path: Path, header: str, columns: Sequence[np.ndarray])
 
 
 class CsvPredictionWriter(BasePredictionWriter):
-    """Writes the submission CSV for every row of ``test_11.npy``, ids ``0..N-1`` in file
-    order, and optionally the rows' posteriors as a ``.npy`` array in the same order.
+    """Writes the submission CSV for every row of ``test_11.npy`` (or of the data's
+    ``predict_file``), ids ``0..N-1`` in file order, and optionally the rows' posteriors as
+    a ``.npy`` array in the same order.
 
     Under DDP each process predicts a share of the rows; the row ids travel with the
     predictions, every process gathers all shares, and rank 0 alone writes the files, so
@@ -137,12 +138,13 @@ class CsvPredictionWriter(BasePredictionWriter):
             classes = decoder.decode(datamodule, log_posteriors, ids, space, stats, "predict").numpy()
             known = " with the training rows' given labels taken as known" if decoder.known_labels else ""
             rank_zero_info(f"Classes decoded with {decoder.description()}{known}")
-        # The test file's rows, in its order (rows of training files served as context are left out).
-        test_rows = datamodule.test_row_ids(space, ids) if space != TEST_FEATURES else ids
-        order = np.flatnonzero(test_rows >= 0)[np.argsort(test_rows[test_rows >= 0], kind="stable")]
-        if not np.array_equal(test_rows[order], np.arange(len(order))):
-            raise RuntimeError(f"predictions cover {len(order)} test rows, not rows 0..{len(order) - 1} once each")
-        columns = [test_rows[order], classes[order]]
+        # The predicted file's rows, in its order (rows of other files served as context are left out).
+        predicted = getattr(datamodule, "predict_file", TEST_FEATURES)
+        file_rows = datamodule.file_row_ids(space, ids, predicted) if space != predicted else ids
+        order = np.flatnonzero(file_rows >= 0)[np.argsort(file_rows[file_rows >= 0], kind="stable")]
+        if not np.array_equal(file_rows[order], np.arange(len(order))):
+            raise RuntimeError(f"predictions cover {len(order)} rows of {predicted}, not rows 0..{len(order) - 1} once each")
+        columns = [file_rows[order], classes[order]]
         if self.with_phone:
             columns.append(np.asarray(PHONES)[columns[1]])
         write_csv_atomically(self.output_path, self.header, columns)

@@ -68,6 +68,14 @@ class TimitDataModule(pl.LightningDataModule):
             (float32: 2.1 GB for the course's training set) and cut batches there, so
             that only row ids cross to the device per step. On a CPU it changes
             nothing but where batches are cut.
+        soft_targets: a ``.npy`` of a teacher's class posteriors for every row of
+            ``train_11.npy``, in its order (``predict --data.predict_file train_11.npy
+            --prediction.posteriors_path``), served beside the labels of the training
+            utterances for a student to learn from (``model.distillation_weight``;
+            ``batch_by: utterances``). Validation never sees them.
+        predict_file: the file ``predict`` writes predictions for: ``test_11.npy`` (the
+            submission), or ``train_11.npy`` (its rows' posteriors, a teacher's soft targets),
+            ``Id`` being the row of that file.
     """
 
     # Settings a trained model depends on: the CLI takes them from a checkpoint's
@@ -90,6 +98,8 @@ class TimitDataModule(pl.LightningDataModule):
         batch_by: Literal["rows", "utterances"] = "rows",
         bucket_by_length: bool = False,
         features_on_device: bool = False,
+        soft_targets: Optional[str] = None,
+        predict_file: Literal["test_11.npy", "train_11.npy"] = "test_11.npy",
     ):
         super().__init__()
         self.save_hyperparameters()  # into checkpoints, for `predict --ckpt_path` without a config
@@ -103,6 +113,8 @@ class TimitDataModule(pl.LightningDataModule):
             raise InputError("batch_by utterances works with features_on_device false")
         if bucket_by_length and batch_by != "utterances":
             raise InputError("bucket_by_length sorts utterances into batches: it needs batch_by utterances")
+        if soft_targets and batch_by != "utterances":
+            raise InputError("data.soft_targets serves a teacher's posteriors with utterances: it needs batch_by utterances")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -115,6 +127,8 @@ class TimitDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_by = batch_by
         self.bucket_by_length = bucket_by_length
+        self.soft_targets = soft_targets
+        self.predict_file = predict_file
         self.features_on_device = features_on_device
         if synthetic and not synthetic_data.has_timit_files(self.data_dir):
             synthetic_data.write_synthetic_timit(self.data_dir)
@@ -240,16 +254,16 @@ class TimitDataModule(pl.LightningDataModule):
         training row's. None where no given label shares that row space."""
         return self._known.get(split)
 
-    def test_row_ids(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """The ``test_11.npy`` row of each of ``rows`` (ids in the row space ``name``), -1 for a training row."""
+    def file_row_ids(self, name: str, rows: np.ndarray, file: str = TEST_FEATURES) -> np.ndarray:
+        """The row of ``file`` of each of ``rows`` (ids in the row space ``name``), -1 for a row of another file."""
         rows = np.asarray(rows, dtype=np.int64)
-        if name == TEST_FEATURES:
+        if name == file:
             return rows
         found = self.utterances()
-        files = self.feature_files()
+        f = self.feature_files().index(file)
         combined = found.order[rows]
-        first = found.file_starts[files.index(TEST_FEATURES)]
-        return np.where(combined >= first, combined - first, -1)
+        first, stop = found.file_starts[f], found.file_starts[f + 1]
+        return np.where((combined >= first) & (combined < stop), combined - first, -1)
 
     def _features(self, name: str) -> np.ndarray:
         """The float32 memory map of the feature file ``name``, checked when mapped; one map per
@@ -279,7 +293,7 @@ class TimitDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Convert float64 features to float32 once per node (Lightning runs this on local rank 0 only)."""
         fn = self.trainer.state.fn if self.trainer else None
-        names = [TRAIN_FEATURES] if fn in ("fit", "validate") else [TEST_FEATURES]
+        names = [TRAIN_FEATURES] if fn in ("fit", "validate") else [self.predict_file if fn == "predict" else TEST_FEATURES]
         if self._needs_utterances(fn in ("fit", "validate")):
             names = self.feature_files()  # utterances are recovered across every file
         for name in names:
@@ -320,28 +334,58 @@ class TimitDataModule(pl.LightningDataModule):
         train, val = self._split(space, labels, starts)
         source = features if self.context == 11 else ContextWindows(features, self.context, starts)
         self._known["val"] = np.where(train, labels, -1)
-        self._loaded["train"] = self._dataset("train", space, source, starts, train, labels)
+        teacher = self._teacher(space, len(features)) if self.soft_targets else None
+        self._loaded["train"] = self._dataset("train", space, source, starts, train, labels, teacher)
         self._loaded["val"] = self._dataset("train", space, source, starts, val, labels)
 
     def _setup_evaluation(self, split: str, with_labels: bool) -> None:
-        """The ``test`` or ``predict`` dataset: every row of the test file scored (predicted),
-        in its utterances' context where the run reads utterances."""
+        """The ``test`` or ``predict`` dataset: every row of the test file (for ``predict``,
+        of ``predict_file``) scored (predicted), in its utterances' context where the run
+        reads utterances."""
+        file = self.predict_file if split == "predict" else TEST_FEATURES
         needed_by = self._needs_utterances(fitting=False)
         if needed_by:
             self.require_utterances(needed_by)
-        space, features, starts = self._space(TEST_FEATURES, needed_by is not None)
+        space, features, starts = self._space(file, needed_by is not None)
         scored = np.zeros(len(features), dtype=bool)
-        scored[self._positions(space, TEST_FEATURES)] = True
+        scored[self._positions(space, file)] = True
         labels = None
         if with_labels:
             labels = np.full(len(features), -1, dtype=np.int64)
             labels[self._positions(space, TEST_FEATURES)] = self._labelled(TEST_FEATURES, TEST_LABELS)[1]
-        if space == RECOVERED and (self.data_dir / TRAIN_LABELS).is_file():
+        # The training labels may be taken as known when decoding test rows, never the predicted rows' own.
+        if space == RECOVERED and file == TEST_FEATURES and (self.data_dir / TRAIN_LABELS).is_file():
             known = np.full(len(features), -1, dtype=np.int64)
             known[self._positions(space, TRAIN_FEATURES)] = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)[1]
             self._known[split] = known
         source = features if self.context == 11 else ContextWindows(features, self.context, starts)
         self._loaded[split] = self._dataset(split, space, source, starts, scored, labels)
+
+    def _teacher(self, space: str, n_space: int) -> np.ndarray:
+        """``soft_targets``' posteriors, checked (one distribution per row of the training
+        file), by row id of the row space ``space`` (``n_space`` rows; zeros for rows of other files)."""
+        path = Path(self.soft_targets)
+        n_rows = len(self._features(TRAIN_FEATURES))
+        try:
+            posteriors = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise InputError(f"{path}: data.soft_targets is not a readable .npy array ({error})") from None
+        if posteriors.shape != (n_rows, self.num_classes) or posteriors.dtype.kind != "f":
+            raise InputError(f"{path}: a {posteriors.dtype} array of shape {posteriors.shape}; data.soft_targets needs "
+                             f"{self.num_classes} class posteriors (floats) for each of the {n_rows:,} rows of "
+                             f"{TRAIN_FEATURES}, in its order")
+        chunk_rows = 1 << 16
+        for start in range(0, n_rows, chunk_rows):
+            chunk = np.asarray(posteriors[start : start + chunk_rows], dtype=np.float32)
+            wrong = ~np.isfinite(chunk).all(axis=1) | (chunk < 0).any(axis=1) | (np.abs(chunk.sum(axis=1) - 1) > 1e-2)
+            if wrong.any():
+                raise InputError(f"{path}: row {start + int(np.flatnonzero(wrong)[0])} is not a distribution over the "
+                                 f"classes (values >= 0 that sum to 1)")
+        if space == TRAIN_FEATURES:
+            return posteriors
+        placed = np.zeros((n_space, self.num_classes), dtype=np.float32)
+        placed[self._positions(space, TRAIN_FEATURES)] = posteriors
+        return placed
 
     def _space(self, file: str, uses_utterances: bool):
         """``(name, features, starts)`` of the rows a split reads: the file itself, or, where the
@@ -392,7 +436,7 @@ class TimitDataModule(pl.LightningDataModule):
         return labelled & ~in_val, labelled & in_val
 
     def _dataset(self, key: str, space: str, features, starts: Optional[np.ndarray], scored: np.ndarray,
-                 labels: Optional[np.ndarray]):
+                 labels: Optional[np.ndarray], teacher: Optional[np.ndarray] = None):
         """A dataset of the rows ``scored`` (a mask over the row space ``space``), each with
         its label (from ``labels``; row ids where None, in ``predict``): rows, or utterances, as
         ``batch_by`` says. Utterances are served whole, unscored rows (test rows, held-out
@@ -408,7 +452,7 @@ class TimitDataModule(pl.LightningDataModule):
                 rows = np.flatnonzero(np.isin(utterance, utterance[rows]))
             if labels is not None:
                 labels = np.where(scored, labels, UNLABELLED)
-            dataset = UtteranceDataset(features, labels, rows, starts)
+            dataset = UtteranceDataset(features, labels, rows, starts, teacher)
         else:
             dataset = self._frames(key, features, labels, rows)
         dataset.file = space

@@ -64,13 +64,17 @@ class UtteranceDataset(Dataset):
     ``utterances x frames`` (labels, or row ids when there are no labels, so predictions
     find their place in the file; -1 in the padding, :data:`UNLABELLED` at frames whose label
     the split does not score: test rows and held-out labels inside an utterance, which stay
-    in the input) and each utterance's real length.
+    in the input) and each utterance's real length; with ``teacher`` (class posteriors by
+    row id: ``data.soft_targets``) a fourth part, ``utterances x frames x classes``, zeros
+    in the padding.
     ``rows`` and ``labels`` are those of :class:`FrameDataset`: the frames served, in order.
     """
 
-    def __init__(self, features, labels: Optional[np.ndarray], rows: np.ndarray, starts: np.ndarray):
+    def __init__(self, features, labels: Optional[np.ndarray], rows: np.ndarray, starts: np.ndarray,
+                 teacher: Optional[np.ndarray] = None):
         self.features = features  # a feature matrix or ContextWindows, indexed by row ids
         self.labels = labels
+        self.teacher = teacher
         self.rows = torch.as_tensor(rows, dtype=torch.int64)
         # Utterance i is self.rows[offsets[i]:offsets[i+1]].
         self.offsets = segment_offsets(rows, starts) if len(rows) else np.zeros(1, dtype=np.int64)
@@ -84,15 +88,17 @@ class UtteranceDataset(Dataset):
         width = self.features.shape[1] if isinstance(self.features, np.ndarray) else self.features.width_features
         x = torch.zeros(len(spans), int(lengths.max()), width)
         y = torch.full((len(spans), int(lengths.max())), -1, dtype=torch.int64)
+        soft = torch.zeros(len(spans), int(lengths.max()), self.teacher.shape[1]) if self.teacher is not None else None
         for i, (start, stop) in enumerate(spans):
             rows = self.rows[start:stop].numpy()
             x[i, : stop - start] = torch.from_numpy(np.asarray(self.features[rows]))
             y[i, : stop - start] = torch.from_numpy(self.labels[rows]) if self.labels is not None else self.rows[start:stop]
-        return x, y, lengths
+            if soft is not None:
+                soft[i, : stop - start] = torch.from_numpy(np.asarray(self.teacher[rows], dtype=np.float32))
+        return (x, y, lengths) if soft is None else (x, y, lengths, soft)
 
     def __getitem__(self, index: int):
-        x, y, lengths = self.__getitems__([index])
-        return x[0], y[0], lengths[0]
+        return tuple(part[0] for part in self.__getitems__([index]))
 
 
 def keep_batch(batch):

@@ -58,6 +58,9 @@ class PhoneModel(pl.LightningModule):
 
     batch_by = "rows"
     label_smoothing = 0.0  # of the training loss; a subclass may take it as an option
+    # The weight of a teacher's posteriors (data.soft_targets) in the training loss, against the
+    # labels' (1 - it); a subclass whose batches carry them may take it as an option.
+    distillation_weight = 0.0
     # Optimizer steps per training batch: above 1 the data module hands over a list of that
     # many batches (PhoneClassifier, which decides it when a fit starts, takes the steps itself).
     steps_per_call = 1
@@ -80,6 +83,14 @@ class PhoneModel(pl.LightningModule):
         data = getattr(self.trainer, "datamodule", None)
         if data is not None and getattr(data, "batch_by", self.batch_by) != self.batch_by:
             raise InputError(f"model {type(self).__name__} takes batches of {self.batch_by}: set data.batch_by {self.batch_by}")
+        if stage == "fit" and data is not None:
+            teacher = getattr(data, "soft_targets", None)
+            if self.distillation_weight > 0 and not teacher:
+                raise InputError(f"model.distillation_weight {self.distillation_weight} needs a teacher's posteriors: "
+                                 f"set data.soft_targets")
+            if teacher and not self.distillation_weight > 0:
+                raise InputError(f"data.soft_targets {teacher} is given, but model {type(self).__name__} does not learn "
+                                 f"from it (model.distillation_weight 0)")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Here rather than in the decoder's callback: Lightning skips callbacks' hooks for weights-only checkpoints.
@@ -111,18 +122,34 @@ class PhoneModel(pl.LightningModule):
             logits, targets = logits[real], targets[real]
         return logits.float(), targets
 
-    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor,
+                      teacher: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The loss training minimises, on one row of logits per frame: the mean cross-entropy
         over labelled frames (padding's :data:`IGNORED` and unlabelled frames' targets skipped) with the model's
         ``label_smoothing`` (evaluation reports it plain). Lightning's steps and the model's own
-        (:class:`~timit_lit.models.train_steps.TrainSteps`) both call this."""
-        return F.cross_entropy(logits, targets.clamp(min=IGNORED), ignore_index=IGNORED, label_smoothing=self.label_smoothing)
+        (:class:`~timit_lit.models.train_steps.TrainSteps`) both call this.
+
+        With a ``teacher``'s posteriors (one row per frame, as ``logits``), distillation: that
+        loss weighs ``1 - distillation_weight``, and the cross-entropy against the teacher's
+        posteriors over the same frames the rest (Hinton et al.'s soft targets, temperature 1)."""
+        loss = F.cross_entropy(logits, targets.clamp(min=IGNORED), ignore_index=IGNORED, label_smoothing=self.label_smoothing)
+        if teacher is None or not self.distillation_weight:
+            return loss
+        labelled = (targets >= 0).to(logits.dtype)  # kept on the device: no step reads the count
+        soft = -(teacher.to(logits.dtype) * logits.log_softmax(dim=1)).sum(dim=1)
+        soft = (soft * labelled).sum() / labelled.sum().clamp(min=1)
+        return (1 - self.distillation_weight) * loss + self.distillation_weight * soft
+
+    def teacher_posteriors(self, batch) -> Optional[torch.Tensor]:
+        """A teacher's posteriors for each of :meth:`frame_logits`' rows, where the training batch
+        carries them (``data.soft_targets``); None otherwise, and for networks whose batches never do."""
+        return None
 
     def _evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss and accuracy of one batch over its real frames, logged as epoch averages under
         ``stage/``; returns the loss, the frame logits and their targets (padding: IGNORED)."""
         logits, y = self.frame_logits(batch)
-        loss = (self.training_loss(logits, y) if stage == "train"
+        loss = (self.training_loss(logits, y, self.teacher_posteriors(batch)) if stage == "train"
                 else F.cross_entropy(logits, y.clamp(min=IGNORED), ignore_index=IGNORED))
         frames = (y >= 0).sum()  # labelled frames: padding (IGNORED) and UNLABELLED frames are neither
         losses, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")

@@ -61,6 +61,10 @@ class RecurrentPhoneClassifier(PhoneModel):
             recurrent layers.
         conv_kernel: width of that convolution, in steps (odd).
         label_smoothing: of the training loss (validation and test report plain cross-entropy).
+        distillation_weight: above 0, learn from a teacher's posteriors too
+            (``data.soft_targets``, e.g. an ensemble's): the training loss is this weight
+            times the cross-entropy against them plus ``1 -`` it times the labels' loss
+            (:meth:`~timit_lit.models.PhoneModel.training_loss`).
         time_masks: training only: stretches of each utterance's input set to 0 (the
             features' mean), each up to ``time_mask_frames`` frames (SpecAugment's time masks).
         time_mask_frames: longest time mask, in frames.
@@ -92,6 +96,7 @@ class RecurrentPhoneClassifier(PhoneModel):
         conv_channels: int = 0,
         conv_kernel: int = 5,
         label_smoothing: float = 0.0,
+        distillation_weight: float = 0.0,
         time_masks: int = 0,
         time_mask_frames: int = 10,
         feature_masks: int = 0,
@@ -108,6 +113,9 @@ class RecurrentPhoneClassifier(PhoneModel):
         if not 0.0 <= label_smoothing < 1.0:
             raise InputError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
+        if not 0.0 <= distillation_weight <= 1.0:
+            raise InputError(f"model.distillation_weight must be in [0, 1], got {distillation_weight}")
+        self.distillation_weight = distillation_weight
         self.frames_per_step, self.num_classes = frames_per_step, num_classes
         self.masking = InputMasking(time_masks, time_mask_frames, feature_masks, feature_mask_dims)
         step_input = frames_per_step * input_dim
@@ -171,7 +179,7 @@ class RecurrentPhoneClassifier(PhoneModel):
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Every frame slot of the padded batch, utterance by utterance, frames in time order;
         the padding's targets are IGNORED (set from ``lengths``, whatever the batch holds there)."""
-        x, targets, lengths = batch
+        x, targets, lengths = batch[:3]
         lengths = lengths.to(x.device)
         padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
         if self.training:
@@ -179,6 +187,12 @@ class RecurrentPhoneClassifier(PhoneModel):
         averaged = self.phase_average and self.frames_per_step > 1 and not self.training
         logits = self.phase_averaged(x, lengths) if averaged else self(x, lengths)
         return logits.flatten(0, 1), targets.masked_fill(padding, IGNORED).flatten()
+
+
+    def teacher_posteriors(self, batch):
+        """The teacher's posteriors a training batch of utterances carries as its fourth part
+        (``data.soft_targets``), one row per frame slot as :meth:`frame_logits` gives them."""
+        return batch[3].flatten(0, 1) if len(batch) > 3 else None
 
 
 class ConvFrontEnd(nn.Module):
