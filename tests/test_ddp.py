@@ -104,10 +104,16 @@ def test_every_epoch_the_processes_share_the_bucketed_order_exactly(tiny_data, t
 def test_a_run_leaves_the_process_group_it_joined(tiny_data, best_checkpoint, tmp_path, monkeypatch):
     """A DDP run's gloo group is destroyed when the run ends, so the interpreter's shutdown never
     meets it (left there, it can abort a process whose work is done); a group the caller made stays."""
+    import socket
+
     import torch.distributed as dist
 
+    with socket.socket() as free:  # a port no other process holds (a fixed one may be taken on a shared host)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    # Set through monkeypatch so that they are restored: Lightning writes them into os.environ.
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29517")
+    monkeypatch.setenv("MASTER_PORT", str(port))
     common = ["--config", BASELINE, "--data.data_dir", str(tiny_data), "--ckpt_path", str(best_checkpoint),
               "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "ddp"]
     run_in(tmp_path, "predict", *common, "--prediction.output_path", str(tmp_path / "joined.csv"))
