@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -90,7 +91,7 @@ def trial_arguments(fit_options: list[str], values: dict, output: Path, number: 
 
 def check_fit_options(space: SearchSpace, fit_options: list[str], output: Path) -> None:
     """Parse ``fit`` (``--print_config``: nothing built, nothing trained) with the fit options
-    and sets of the space's values that hold every choice and both ends of every range: an
+    and sets of the space's values that hold every choice and a value of every range: an
     option fit does not have, or a value it does not take, is named with its space key."""
     for values in space.probes():
         error = _parse_error(trial_arguments(fit_options, values, output, 0))
@@ -157,6 +158,7 @@ class Worker:
                              f"would log into it (give another --output)")
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("fit_options", self.fit_options)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         print(f"timit_lit: sweep {self.study.study_name}: trial {trial.number} ({finished(self.study)} of "
               f"{self.total} finished): {' '.join(fit_arguments(values))}", file=sys.stderr, flush=True)
         report = TrialReport(trial, trial.number, values, self.space.metric, self.space.direction, str(self.space.path))

@@ -57,11 +57,12 @@ class Dimension:
         return yaml.safe_load(param) if self.encoded else param
 
     def samples(self) -> list:
-        """Values that together try every choice, and both ends of a range."""
+        """Values that together try every choice, or a range's type (its low end: what a
+        value must be is checked when the model or data is built, in each trial)."""
         d = self.distribution
         if isinstance(d, CategoricalDistribution):
             return [self.value(c) for c in d.choices]
-        return [d.low, d.high]
+        return [d.low]
 
 
 @dataclass
@@ -82,8 +83,8 @@ class SearchSpace:
         return {d.key: d.value(params[d.key]) for d in self.dimensions if d.key in params}
 
     def probes(self) -> list[dict[str, Any]]:
-        """A few sets of values that between them hold every choice and both ends of every
-        range: parsing ``fit`` with each finds an option or value ``fit`` rejects."""
+        """A few sets of values that between them hold every choice and a value of every
+        range: parsing ``fit`` with each finds an option or a value ``fit`` rejects."""
         samples = [d.samples() for d in self.dimensions]
         count = max([len(s) for s in samples] + [1])
         return [{d.key: s[i % len(s)] for d, s in zip(self.dimensions, samples)} for i in range(count)]
