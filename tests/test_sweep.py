@@ -99,11 +99,11 @@ def test_two_workers_share_one_study_and_finish_exactly_n(tiny_data, tmp_path):
         assert b"model.lr" in hparams and b"model.hidden_sizes" in hparams and b"trial" in hparams
         objective = EventAccumulator(str(run)).Reload().Scalars("hp/objective")
         assert objective[-1].value == pytest.approx(trial.value)
-    # Each worker ends with the table of the whole study: a row per trial.
-    for out in outputs:
-        rows = [line.split() for line in out.splitlines() if line.startswith("  ") and line.split()[0].isdigit()]
-        assert {int(r[0]) for r in rows} >= {t.number for t in done if t.number < 2}
-    table = [line.split() for line in outputs[-1].splitlines() if line.startswith("  trial")][0]
+    # Each worker ends with the study's table; the last to stop has every trial complete in it.
+    tables = [{int(r[0]): r[-2] for r in (line.split() for line in out.splitlines()) if r and r[0].isdigit()}
+              for out in outputs]
+    assert {t.number: "complete" for t in done} in [{n: s for n, s in t.items() if s == "complete"} for t in tables]
+    table = next(line.split() for line in outputs[-1].splitlines() if line.startswith("  trial"))
     assert table == ["trial", "model.lr", "model.hidden_sizes", "val/acc", "state", "minutes"]
     assert (output / "history.png").stat().st_size > 10_000 and (output / "importances.png").stat().st_size > 10_000
 
@@ -297,10 +297,12 @@ def test_a_ddp_trial_runs_on_two_processes_and_is_pruned_on_both(tiny_data, tmp_
     """--trainer.devices 2 --trainer.strategy ddp: Lightning starts the second process with the
     worker's command line; it joins the worker's trial, and stops when rank 0's pruner says so."""
     space, output = write_space(tmp_path, ALWAYS_PRUNE + SPACE), tmp_path / "sweep"
-    finish(worker(tmp_path, *sweep_command(space, output, "--trials", "1", *fit_options(tiny_data),
-                                           "--trainer.max_epochs", "4", "--trainer.accelerator", "cpu",
+    finish(worker(tmp_path, *sweep_command(space, output, "--trials", "2", *fit_options(tiny_data),
+                                           "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu",
                                            "--trainer.devices", "2", "--trainer.strategy", "ddp")))
-    (trial,) = load(output).trials
-    assert trial.state == TrialState.PRUNED and sorted(trial.intermediate_values) == [0, 1]
-    assert sorted(p.name for p in output.iterdir() if p.is_dir()) == ["trial_0"]
-    assert len(EventAccumulator(str(output / "trial_0")).Reload().Scalars("val/acc")) == 2
+    trials = load(output).trials  # two: the second DDP trial of a worker starts its processes as the first did
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)
+    assert sorted(p.name for p in output.iterdir() if p.is_dir()) == ["trial_0", "trial_1"]
+    for run in ("trial_0", "trial_1"):
+        assert len(EventAccumulator(str(output / run)).Reload().Scalars("val/acc")) == 2  # 2 of 3 epochs

@@ -162,13 +162,18 @@ class Worker:
         print(f"timit_lit: sweep {self.study.study_name}: trial {trial.number} ({finished(self.study)} of "
               f"{self.total} finished): {' '.join(fit_arguments(values))}", file=sys.stderr, flush=True)
         report = TrialReport(trial, trial.number, values, self.space.metric, self.space.direction, str(self.space.path))
+        # Each trial starts from the worker's environment: a DDP fit leaves LOCAL_RANK, WORLD_SIZE,
+        # MASTER_PORT ... in it, which would make the next trial's Lightning take its processes as
+        # started already, and wait for them.
+        environment = dict(os.environ)
         os.environ[TRIAL_ENV] = str(trial.number)
         try:
             main(trial_arguments(self.fit_options, values, self.output, trial.number), callbacks=[report])
         except SystemExit as stop:
             raise TrialExit(stop.code) from None
         finally:
-            os.environ.pop(TRIAL_ENV, None)
+            os.environ.clear()
+            os.environ.update(environment)
         if report.best is None:
             raise self.space.error("metric", f"{self.space.metric} was never logged: trial {trial.number}'s fit "
                                              f"ran no validation (data.val_ratio 0? trainer.limit_val_batches 0?)")

@@ -52,7 +52,7 @@ def table(study: optuna.Study, space: SearchSpace) -> list[str]:
     rows = [header]
     for trial in ran(study):
         values = space.values(trial.params)
-        metric = trial.value if trial.value is not None else trial.user_attrs.get("best")
+        metric = trial.user_attrs.get("best", trial.value)  # a pruned trial's too: its best validation
         rows.append([str(trial.number), *(_short(values[k]) if k in values else "" for k in keys),
                      f"{metric:.4f}" if metric is not None else "", _state(trial), _minutes(trial)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -10,6 +10,7 @@ job) is marked failed by the next worker that starts a trial, and Optuna's
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import optuna
@@ -45,9 +46,7 @@ def open_storage(url: str, heartbeat: int | None) -> RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1)
-                              if heartbeat else None)
+            return _storage(url, engine_kwargs, heartbeat)
         except ImportError as error:
             raise InputError(f"--storage {shown_url(url)}: its database driver is not installed "
                              f"({error.__cause__ or error}; for PostgreSQL: pip install psycopg2-binary)") from None
@@ -55,6 +54,24 @@ def open_storage(url: str, heartbeat: int | None) -> RDBStorage:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = next((line for line in lines if not line.startswith(("(Background", "[SQL"))), type(error).__name__)
             raise InputError(f"--storage {shown_url(url)}: cannot open it as a study database ({reason})") from None
+
+
+def _storage(url: str, engine_kwargs: dict, heartbeat: int | None, attempts: int = 5) -> RDBStorage:
+    """``RDBStorage``, tried again when another worker is creating the database's tables at the
+    same moment (two workers started at once on a new database: one of them loses the race)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1)
+                              if heartbeat else None)
+        except (IntegrityError, OperationalError) as error:
+            racing = isinstance(error, IntegrityError) or "locked" in str(error) or "already exists" in str(error)
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("not reached")
 
 
 def open_study(storage: RDBStorage, name: str, space: SearchSpace) -> optuna.Study:
