@@ -58,7 +58,7 @@ def worker(cwd: Path, *args: str, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
-def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+def finish(process: subprocess.Popen, timeout: float = 1200) -> str:
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err[-3000:]
     return out
@@ -143,7 +143,7 @@ def test_a_killed_worker_leaves_a_failed_trial_and_a_rerun_completes_the_study(t
     space, output = write_space(tmp_path), tmp_path / "sweep"
     common = sweep_command(space, output, "--trials", "1", "--heartbeat", "1", *fit_options(tiny_data))
     killed = worker(tmp_path, *common, "--trainer.max_epochs", "1000")  # long enough to be killed training
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     while not list(output.glob("trial_0/events.out.tfevents.*")):
         assert killed.poll() is None and time.time() < deadline, killed.stderr.read()[-3000:] if killed.poll() else ""
         time.sleep(0.2)
@@ -245,7 +245,7 @@ def _postgres_bin() -> Path | None:
 def postgres(tmp_path):
     """A PostgreSQL server in a temporary folder on a free port; its URL. As root (CI), it
     runs as the ``postgres`` user, since PostgreSQL refuses to run as root."""
-    pytest.importorskip("psycopg2", reason="needs psycopg2 (pip install psycopg2-binary)")
+    pytest.importorskip("psycopg", reason='needs psycopg (pip install "psycopg[binary]")')
     bin_dir = _postgres_bin()
     if bin_dir is None:
         pytest.skip("needs PostgreSQL's server binaries (apt-get install postgresql)")

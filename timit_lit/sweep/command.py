@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import socket
 import sys
@@ -29,7 +30,7 @@ from timit_lit.errors import InputError
 from timit_lit.sweep.report import TrialReport
 from timit_lit.sweep.results import SURPLUS, counts, table, write_best, write_pictures
 from timit_lit.sweep.space import SearchSpace, fit_arguments, load_space
-from timit_lit.sweep.study import COUNTED, counted, finished, open_storage, open_study, shown_url
+from timit_lit.sweep.study import COUNTED, counted, finished, open_storage, open_study, shown_url, taken_before
 
 # Set while a trial trains: the processes Lightning starts for a DDP trial run this worker's
 # own command line, and find here which trial they belong to.
@@ -46,6 +47,20 @@ class TrialExit(Exception):
 
 class SurplusTrial(Exception):
     """A trial taken after the study had its total: not run (another worker took the last one)."""
+
+
+class _TrialLog(logging.Filter):
+    """Optuna logs a failed trial with its traceback. These fail with their reason said in one
+    line already (the fit's error, an InputError), or were never run (surplus): their line
+    stays without the traceback, and a surplus trial is said by the worker instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, SurplusTrial):
+            return False
+        if isinstance(error, (TrialExit, InputError)):
+            record.exc_info = record.exc_text = None
+        return True
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,9 +162,11 @@ class Worker:
 
         # Trial numbers are given in the order trials are taken: one whose earlier trials
         # already make the total was taken by a worker racing another for the last one.
-        if counted(self.study, before=trial.number) >= self.total:
+        if taken_before(self.study, trial.number) >= self.total:
             trial.set_user_attr(SURPLUS, True)
             self.study.stop()
+            print(f"timit_lit: sweep {self.study.study_name}: trial {trial.number} not run: the study has its "
+                  f"{self.total} trials (another worker took the last)", file=sys.stderr, flush=True)
             raise SurplusTrial()
         values = self.space.suggest(trial)
         run = self.output / f"trial_{trial.number}"
@@ -216,6 +233,9 @@ def sweep(argv: list[str]) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Each trial calls timit_lit.cli.main with its own arguments, by design.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _TrialLog) for f in handler.filters):
+            handler.addFilter(_TrialLog())
     args, fit_options = parse_command(argv)
     space = load_space(args.space)
     name = args.study or Path(args.space).stem

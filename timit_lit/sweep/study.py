@@ -20,8 +20,11 @@ from optuna.trial import TrialState
 from timit_lit.errors import InputError
 from timit_lit.sweep.space import SearchSpace
 
-# The trials that count towards --trials N: finished, or taken by a worker, or queued for one.
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# The trials that count towards --trials N: finished, or taken by a worker. (A killed trial's
+# values queued again, WAITING, are taken by the next trial a worker starts.)
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+# Those that a trial taken after them counts: the queued ones too, which a worker takes before it.
+TAKEN = (*COUNTED, TrialState.WAITING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -49,7 +52,7 @@ def open_storage(url: str, heartbeat: int | None) -> RDBStorage:
             return _storage(url, engine_kwargs, heartbeat)
         except ImportError as error:
             raise InputError(f"--storage {shown_url(url)}: its database driver is not installed "
-                             f"({error.__cause__ or error}; for PostgreSQL: pip install psycopg2-binary)") from None
+                             f"({error.__cause__ or error}; for PostgreSQL: pip install 'psycopg[binary]')") from None
         except Exception as error:  # noqa: BLE001 - whatever stops the database opening is the URL's
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = next((line for line in lines if not line.startswith(("(Background", "[SQL"))), type(error).__name__)
@@ -104,10 +107,15 @@ def open_study(storage: RDBStorage, name: str, space: SearchSpace) -> optuna.Stu
     return study
 
 
-def counted(study: optuna.Study, before: int | None = None) -> int:
-    """The trials that count towards the total (finished, running or queued), all or those
-    numbered below ``before``."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED) if before is None or t.number < before)
+def counted(study: optuna.Study) -> int:
+    """The trials that count towards the total: finished or running."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def taken_before(study: optuna.Study, number: int) -> int:
+    """The trials numbered below ``number`` that are finished, running or queued: trial
+    ``number`` is one too many when they make the total already."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=TAKEN) if t.number < number)
 
 
 def finished(study: optuna.Study) -> int:
