@@ -229,8 +229,17 @@ def test_a_study_of_another_metric_or_direction_is_refused(key, text, tiny_data,
     assert load(output).trials == []
 
 
+SHIPPED = [("strong_mlp.yaml", "strong_mlp.yaml"), ("demo.yaml", "demo.yaml")]
+
+
+def test_the_shipped_spaces_load():
+    for space, _ in SHIPPED:
+        assert load_space(REPO / "configs/sweeps" / space).dimensions
+
+
+@pytest.mark.slow  # a parse of fit for each choice: 14 parses
 def test_the_shipped_spaces_parse_with_their_configs():
-    for space, config in [("strong_mlp.yaml", "strong_mlp.yaml"), ("demo.yaml", "demo.yaml")]:
+    for space, config in SHIPPED:
         check_fit_options(load_space(REPO / "configs/sweeps" / space), ["--config", str(REPO / "configs" / config)],
                           Path("unused"))
 
@@ -293,6 +302,7 @@ def test_two_workers_share_a_postgresql_study(postgres, tiny_data, tmp_path):
     assert not (tmp_path / "machine_0/study.db").exists()  # the database is the server's
 
 
+@pytest.mark.slow  # two DDP trials: five processes in all
 def test_a_ddp_trial_runs_on_two_processes_and_is_pruned_on_both(tiny_data, tmp_path):
     """--trainer.devices 2 --trainer.strategy ddp: Lightning starts the second process with the
     worker's command line; it joins the worker's trial, and stops when rank 0's pruner says so."""
