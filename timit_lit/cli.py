@@ -17,8 +17,9 @@ import sys
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
+from collections.abc import Sequence
 
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
@@ -256,10 +257,14 @@ class TimitCLI(CheckpointHparamsCLI):
         return_large_buffers_to_the_os()
 
 
-def main(args: list[str] | None = None) -> TimitCLI:
-    """Entry point of ``python -m timit_lit`` and ``timit-lit``; ``args`` for tests."""
+def main(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> TimitCLI:
+    """Entry point of ``python -m timit_lit`` and ``timit-lit``; ``args`` for tests, ``callbacks``
+    added to the Trainer's (the sweep's trials report to Optuna with one: timit_lit.sweep)."""
     quiet_known_warnings()
     try:
+        command = sys.argv[1:] if args is None else list(args)
+        if command[:1] == ["sweep"]:
+            return _sweep(command[1:])
         with process_group_left_on_exit():
             return TimitCLI(
                 PhoneModel,
@@ -270,7 +275,7 @@ def main(args: list[str] | None = None) -> TimitCLI:
                 save_config_callback=RunConfig,
                 save_config_kwargs={"overwrite": True},
                 # Always present, whatever the config's trainer.callbacks: RNG states in every checkpoint.
-                trainer_defaults={"callbacks": [ResumeState()]},
+                trainer_defaults={"callbacks": [ResumeState(), *callbacks]},
                 # Parse errors raise (TimitCLI.parse_arguments says them in one line), on every subcommand's parser.
                 parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in TimitCLI.subcommands()}},
             )
@@ -288,3 +293,14 @@ def main(args: list[str] | None = None) -> TimitCLI:
         # Lightning stops after the current batch; exit as a process killed by SIGTERM would.
         print("timit_lit: stopped by SIGTERM", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
+
+
+def _sweep(args: list[str]) -> None:
+    """``python -m timit_lit sweep``: Optuna, an optional dependency, imported only here."""
+    try:
+        from timit_lit.sweep import sweep
+    except ModuleNotFoundError as error:
+        if error.name != "optuna":
+            raise
+        raise InputError('sweep needs Optuna: pip install -e ".[sweep]"') from None
+    sweep(args)
