@@ -36,7 +36,8 @@ PLAIN_PROCESS = textwrap.dedent("""
         "light": light,
         "fit": {"best": str(fit.best_checkpoint), "best_score": fit.best_score, "last": str(fit.last_checkpoint),
                 "metrics": fit.metrics, "log_dir": str(fit.log_dir), "val_acc": fit.scalars()["val/acc"][1].tolist(),
-                "confusion_png": fit.image("val/confusion")[:8].hex()},
+                "confusion_png": fit.image("val/confusion")[:8].hex(),
+                "config": (fit.log_dir / "config.yaml").read_text()},
         "test": {"metrics": test.metrics, "ckpt_path": str(test.ckpt_path), "log_dir": str(test.log_dir)},
         "predict": {"path": str(out.prediction_path), "ckpt_path": str(out.ckpt_path),
                     "columns": {k: v.tolist() for k, v in out.predictions.items()}},
@@ -61,6 +62,8 @@ def test_run_from_a_plain_python_process(tmp_path):
     assert fit["best"].startswith(str(run / "checkpoints" / "epoch=")) and f"val_acc={fit['best_score']:.4f}" in fit["best"]
     assert {"train/loss", "val/acc", "val/per", "val/acc_boundary"} <= set(fit["metrics"])  # PER and boundaries too
     assert fit["confusion_png"] == b"\x89PNG\r\n\x1a\n".hex()
+    # The network's class path is its home module's, whatever timit_lit exports.
+    assert "class_path: timit_lit.models.PhoneClassifier\n" in fit["config"]
     # test scores the checkpoint and logs into its run.
     assert result["test"]["ckpt_path"] == fit["best"] and result["test"]["log_dir"] == str(run)
     assert 0 <= result["test"]["metrics"]["test/acc"] <= 1 and "test/per" in result["test"]["metrics"]

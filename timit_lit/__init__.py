@@ -1,9 +1,13 @@
 """timit_lit: framewise phone classification on TIMIT (NTU ML2021 HW2-1) with PyTorch Lightning.
 
 From Python (docs/api.md): ``timit_lit.run("fit", config="configs/demo.yaml")`` runs what
-``python -m timit_lit fit --config configs/demo.yaml`` runs and returns what it made; the
-data module, the networks and the generator are here too. They are imported on first use,
-so that ``import timit_lit`` stays light.
+``python -m timit_lit fit --config configs/demo.yaml`` runs and returns what it made. The
+names below are imported on first use, so that ``import timit_lit`` stays light.
+
+The data module and the networks stay in ``timit_lit.data`` and ``timit_lit.models``, not
+here: jsonargparse writes a class into configs and checkpoints (``model.class_path``) under
+its shortest import path, so an alias here would turn ``timit_lit.models.PhoneClassifier``
+into ``timit_lit.PhoneClassifier`` in every run's config.yaml and checkpoint.
 """
 
 from importlib import import_module
@@ -15,11 +19,6 @@ _EXPORTS = {
     "run": "timit_lit.api",
     "RunResult": "timit_lit.api",
     "main": "timit_lit.cli",
-    "TimitDataModule": "timit_lit.data",
-    "PhoneModel": "timit_lit.models",
-    "PhoneClassifier": "timit_lit.models",
-    "RecurrentPhoneClassifier": "timit_lit.models",
-    "CheckpointEnsemble": "timit_lit.models",
     "write_synthetic_timit": "timit_lit.synthetic",
     "InputError": "timit_lit.errors",
     "PHONES": "timit_lit.phones",
