@@ -1,5 +1,6 @@
 """The command line end to end: fit -> checkpoints -> validate -> test -> predict -> CSV."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import BASELINE, FAST, REPO, run_in
+from timit_lit.cli import SUBCOMMAND_HELP, main
 from timit_lit.models import PhoneClassifier
 
 
@@ -136,9 +138,51 @@ def test_demo_config_as_in_the_readme(tmp_path):
 def test_help_lists_the_subcommands(command):
     if command == ["timit-lit"] and shutil.which("timit-lit") is None:
         pytest.skip("the timit-lit script is not installed (pip install -e .)")
-    out = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, check=True).stdout
-    for subcommand in ("fit", "validate", "test", "predict"):
-        assert re.search(rf"^\s+{subcommand}\s", out, re.MULTILINE), subcommand
+    out = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=300, check=True,
+                         env={**os.environ, "COLUMNS": "200"}).stdout
+    assert out.startswith("usage: timit-lit " if command == ["timit-lit"] else "usage: python -m timit_lit ")
+    assert "Framewise phone classification on TIMIT" in out and "Lightning Trainer command line tool" not in out
+    for subcommand, line in SUBCOMMAND_HELP.items():
+        # Each on one line, whole (COLUMNS wide enough not to wrap it).
+        assert re.search(rf"^\s+{subcommand}\s+{re.escape(line)}$", out, re.MULTILINE), subcommand
+
+
+def test_fit_help_says_where_the_networks_options_are(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    words = " ".join(out.split())  # as wrapped at any terminal width
+    assert words.index("`fit --model.help PhoneClassifier` lists the MLP's") < words.index("--trainer.accelerator")
+    assert len(out.split("\n\n", 1)[0].splitlines()) == 1  # the usage line, not every option
+    # The pointer works: the MLP's options, with their choices.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.help", "PhoneClassifier"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--model.lr LR", "--model.hidden_sizes", "--model.activation {sigmoid,relu,gelu}"):
+        assert option in out, option
+
+
+def test_main_in_a_notebook_does_not_read_the_kernels_argv(monkeypatch, capsys):
+    """In Jupyter sys.argv is the kernel's: main() must not take it for a command line."""
+    import types
+
+    shell = types.ModuleType("IPython")
+    shell.get_ipython = lambda: object()
+    monkeypatch.setitem(sys.modules, "IPython", shell)
+    monkeypatch.setattr(sys, "argv", ["/usr/lib/python3/site-packages/ipykernel_launcher.py", "-f",
+                                      "/root/.local/share/jupyter/runtime/kernel-1234.json"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "timit_lit: error: main() in a notebook has no command line of its own to read: pass the arguments, "
+        "main(['fit', '--config', 'configs/demo.yaml']), or call timit_lit.run('fit', ...)\n")
+    # With its arguments it runs as anywhere.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "fit" in capsys.readouterr().out
 
 
 def test_wider_context_and_utterance_split_end_to_end(tiny_data, tmp_path):

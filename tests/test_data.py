@@ -3,12 +3,14 @@
 import gc
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import BASELINE, REPO, run_in
 from timit_lit.data import FrameDataset, TimitDataModule
 from timit_lit.data.files import float32_cache_path, float32_features
 from timit_lit.errors import InputError
@@ -130,6 +132,40 @@ def test_synthetic_option_writes_the_demo_data_once(tmp_path):
     stamp = (target / "train_11.npy").stat().st_mtime_ns
     TimitDataModule(str(target), synthetic=True)
     assert (target / "train_11.npy").stat().st_mtime_ns == stamp
+
+
+def test_a_run_on_generated_data_says_so_and_one_for_real_data_warns(tiny_data, tmp_path, capsys):
+    TimitDataModule(str(tmp_path / "demo"), synthetic=True)
+    files = "train_11.npy, train_label_11.npy, test_11.npy, test_label_11.npy written by timit_lit.synthetic (synthetic.json)"
+    assert capsys.readouterr().err.splitlines() == [
+        f"timit_lit: {tmp_path / 'demo'}: writing a generated TIMIT-shaped set there (data.synthetic true)",
+        f"timit_lit: {tmp_path / 'demo'}: generated data, not speech: {files}"]
+    # A config for real data (data.synthetic false) on a generated folder: a warning that says what it is.
+    with pytest.warns(UserWarning, match=r"holds GENERATED data, not TIMIT speech: train_11\.npy, .*says nothing about speech"):
+        TimitDataModule(str(tiny_data))
+    with pytest.warns(UserWarning, match="holds GENERATED data"):
+        run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), "--trainer.fast_dev_run", "true")
+    # Files without the generator's mark (the course's) pass for what they are, quietly.
+    course = copy_data(tiny_data, tmp_path / "timit_11")
+    (course / "synthetic.json").unlink()
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TimitDataModule(str(course))
+    assert not [w for w in caught if "GENERATED" in str(w.message)] and not capsys.readouterr().err
+
+
+def test_the_demo_writes_no_generated_data_into_a_folder_of_other_files(tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "fit", "--config", str(REPO / "configs" / "demo.yaml"), "--data.data_dir", str(folder))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"timit_lit: error: {folder}: not a folder of generated data (no synthetic.json): the generator writes only "
+        f"into a missing or empty folder, or one it generated; choose another folder")
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"] and not (tmp_path / "lightning_logs").exists()
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])

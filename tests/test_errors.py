@@ -145,3 +145,21 @@ def test_real_process_exits_non_zero_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("timit_lit: error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_value_outside_an_options_choices_names_the_option_and_the_choices(tmp_path, capsys):
+    line = fails_with(tmp_path, capsys, "fit", "--config", BASELINE, "--model.activation", "tanh")
+    assert line == "timit_lit: error: model.activation: tanh is not one of 'sigmoid', 'relu', 'gelu'"
+    line = fails_with(tmp_path, capsys, "fit", "--config", BASELINE, "--data.split", "bogus")
+    assert line == "timit_lit: error: data.split: bogus is not one of 'contiguous', 'utterance', 'labels'"
+    # The same from a config file.
+    (tmp_path / "tanh.yaml").write_text("model:\n  activation: tanh\n")
+    line = fails_with(tmp_path, capsys, "fit", "--config", BASELINE, "--config", str(tmp_path / "tanh.yaml"))
+    assert line == "timit_lit: error: model.activation: tanh is not one of 'sigmoid', 'relu', 'gelu'"
+
+
+def test_a_missing_config_file_is_one_clean_line(tmp_path, capsys):
+    line = fails_with(tmp_path, capsys, "fit", "--config", "nope.yaml")
+    assert line == f"timit_lit: error: {tmp_path / 'nope.yaml'}: config file not found (--config)"
+    line = fails_with(tmp_path, capsys, "predict", "--config", BASELINE, "--config", str(tmp_path / "gone" / "x.yaml"))
+    assert line == f"timit_lit: error: {tmp_path / 'gone' / 'x.yaml'}: config file not found (--config)"

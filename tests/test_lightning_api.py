@@ -116,3 +116,15 @@ def test_lightning_cli_reads_the_checkpoint_hparams_between_parsing_and_instanti
     # What LightningCLI adds to the model's saved hyperparameters, besides its own arguments.
     assert set(cli.model.hparams) == {"own_steps", *lightning_api.CLI_HPARAM_KEYS}
     assert cli.model.hparams["_class_path"] == "test_lightning_api.Tiny"
+
+
+def test_subcommand_help_lines_are_replaced():
+    from pytorch_lightning.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser()
+    subcommands = parser.add_subcommands()
+    for name in ("fit", "test"):
+        subcommands.add_subcommand(name, LightningArgumentParser(), help=f"Lightning's {name} line")
+    lightning_api.set_subcommand_help(parser, {"fit": "Train a network."})
+    text = parser.format_help()
+    assert "Train a network." in text and "Lightning's fit line" not in text and "Lightning's test line" in text

@@ -1,8 +1,11 @@
 """The synthetic generator: course layout, real temporal structure, determinism."""
 
-import numpy as np
+import json
 
-from timit_lit.synthetic import FRAME_DIMS, ROW_DIMS, main, write_synthetic_timit
+import numpy as np
+import pytest
+
+from timit_lit.synthetic import FILE_NAMES, FRAME_DIMS, MARKER, ROW_DIMS, generated_files, main, write_synthetic_timit
 
 
 def test_files_have_the_course_layout(tmp_path):
@@ -78,3 +81,55 @@ def test_context_frames_carry_information(tmp_path):
     full, alone = accuracy(slice(None)), accuracy(centre)
     print(f"full row {full:.3f}, centre frame {alone:.3f}")
     assert full > alone + 0.05
+
+
+def test_a_generated_set_is_marked_and_rewritten_only_where_it_is_one(tmp_path, capsys):
+    out = tmp_path / "generated"
+    write_synthetic_timit(out, train_utterances=3, test_utterances=1)
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["written_by"] == "timit_lit.synthetic" and marker["settings"]["train_utterances"] == 3
+    assert marker["files"] == {name: (out / name).stat().st_size for name in FILE_NAMES}
+    assert generated_files(out) == list(FILE_NAMES)
+    # Its own folder it may write again (here without test labels: the old ones go).
+    main([str(out), "--train-utterances", "2", "--test-utterances", "1", "--no-test-labels"])
+    assert not (out / "test_label_11.npy").exists() and generated_files(out) == list(FILE_NAMES[:3])
+    capsys.readouterr()
+
+
+def refused(capsys, folder) -> str:
+    """The generator's command on ``folder``: exit 2 and its one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(folder), "--train-utterances", "2", "--test-utterances", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_the_generator_writes_over_no_other_files(tmp_path, capsys):
+    # A folder of other files (a home folder, a project): refused, left as it was.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("mine")
+    assert refused(capsys, elsewhere) == (f"timit_lit.synthetic: error: {elsewhere}: not a folder of generated data "
+                                          f"(no {MARKER}): the generator writes only into a missing or empty folder, "
+                                          f"or one it generated; choose another folder")
+    assert [p.name for p in elsewhere.iterdir()] == ["notes.txt"]
+    # The course's files (no marker): refused, untouched.
+    course = tmp_path / "timit_11"
+    write_synthetic_timit(course, train_utterances=2, test_utterances=1, seed=9)
+    (course / MARKER).unlink()
+    before = {p.name: p.read_bytes() for p in course.iterdir()}
+    assert "not a folder of generated data" in refused(capsys, course)
+    # A generated folder whose train_11.npy the course's download replaced: refused, as it is no longer all generated.
+    mixed = tmp_path / "mixed"
+    write_synthetic_timit(mixed, train_utterances=3, test_utterances=1)
+    np.save(mixed / "train_11.npy", np.load(course / "train_11.npy"))
+    line = refused(capsys, mixed)
+    assert line.endswith(f"{mixed}: train_11.npy not written by the generator (changed since {MARKER} was written): "
+                         f"it writes over no other files; choose another folder")
+    assert generated_files(mixed) == ["train_label_11.npy", "test_11.npy", "test_label_11.npy"]
+    assert {p.name: p.read_bytes() for p in course.iterdir()} == before
+    # A file where the folder should be.
+    (tmp_path / "file").write_text("x")
+    assert refused(capsys, tmp_path / "file").endswith("is a file; the generator writes its set into a folder")

@@ -34,7 +34,7 @@ from timit_lit.checkpoints import (ckpt_path_best, ckpt_path_hpc, ckpt_path_last
                                    one_line_parse_errors, read_checkpoint)
 from timit_lit.data import TimitDataModule
 from timit_lit.errors import InputError, option_error_line
-from timit_lit.lightning_api import CheckpointHparamsCLI, checkpoint_logged_step, set_logged_step
+from timit_lit.lightning_api import CheckpointHparamsCLI, checkpoint_logged_step, set_logged_step, set_subcommand_help
 from timit_lit.models import CheckpointEnsemble, PhoneModel, RecurrentPhoneClassifier
 from timit_lit.models.ensemble import ensemble_data_settings
 from timit_lit.runtime import process_group_left_on_exit, quiet_known_warnings, return_large_buffers_to_the_os
@@ -43,8 +43,32 @@ from timit_lit.summary import fit_summary
 # Imported so that their short names work on the command line (--model RecurrentPhoneClassifier).
 NETWORKS = (PhoneModel, RecurrentPhoneClassifier, CheckpointEnsemble)
 
+DESCRIPTION = ("Framewise phone classification on TIMIT (NTU ML2021 HW2-1) with PyTorch Lightning. "
+               "Start with: fit --config configs/demo.yaml (generated data, no download). "
+               "A search over recipes: sweep --space SPACE.yaml FIT_OPTIONS (Optuna; docs/sweeps.md).")
+# `--help`'s line for each subcommand (LightningCLI's would be the Trainer docstring's first line, cut short).
+SUBCOMMAND_HELP = {
+    "fit": "Train a network (best and last checkpoints kept).",
+    "validate": "Score a checkpoint on the validation split.",
+    "test": "Score a checkpoint on the labelled test set.",
+    "predict": "Write prediction.csv from a checkpoint.",
+}
+# What `fit --help` says first: where the network's own options are (they are not listed below it).
+FIT_DESCRIPTION = (
+    "Train a network. Its own options (lr, hidden_sizes, activation, ...) are not listed below: "
+    "`fit --model.help PhoneClassifier` lists the MLP's (the default network), "
+    "`fit --model.help RecurrentPhoneClassifier` the BiLSTM's; docs/configs.md has the options used most."
+)
+# Each subcommand's usage line, instead of one that lists its hundreds of options.
+USAGE = "%(prog)s [-h] [-c CONFIG] [--print_config] [--ckpt_path CKPT_PATH] [--GROUP.OPTION VALUE ...]"
+
 
 class TimitCLI(CheckpointHparamsCLI):
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            set_subcommand_help(self.parser, SUBCOMMAND_HELP)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Forced callbacks: a config that lists trainer.callbacks cannot drop them.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -257,34 +281,57 @@ class TimitCLI(CheckpointHparamsCLI):
         return_large_buffers_to_the_os()
 
 
-def main(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> TimitCLI:
-    """Entry point of ``python -m timit_lit`` and ``timit-lit``; ``args`` for tests, ``callbacks``
-    added to the Trainer's (the sweep's trials report to Optuna with one: timit_lit.sweep)."""
+def build_cli(args: list[str] | None, callbacks: Sequence[Callback] = ()) -> TimitCLI:
+    """Run one command (``["fit", "--config", ...]``) as ``python -m timit_lit`` does, raising
+    instead of exiting: :class:`InputError` (or jsonargparse's ValueError caused by one) for bad
+    input. ``None`` reads ``sys.argv``. ``callbacks`` are added to the Trainer's (the sweep's
+    trials report to Optuna with one: timit_lit.sweep). :func:`main` and :func:`timit_lit.api.run` call it."""
     quiet_known_warnings()
+    with process_group_left_on_exit():
+        return TimitCLI(
+            PhoneModel,
+            TimitDataModule,
+            subclass_mode_model=True,
+            args=args,
+            seed_everything_default=0,
+            save_config_callback=RunConfig,
+            save_config_kwargs={"overwrite": True},
+            # Always present, whatever the config's trainer.callbacks: RNG states in every checkpoint.
+            trainer_defaults={"callbacks": [ResumeState(), *callbacks]},
+            # Parse errors raise (TimitCLI.parse_arguments says them in one line), on every subcommand's parser.
+            parser_kwargs={
+                "exit_on_error": False, "prog": _prog(), "description": DESCRIPTION,
+                **{name: {"exit_on_error": False, "usage": USAGE} for name in TimitCLI.subcommands()},
+                "fit": {"exit_on_error": False, "usage": USAGE, "description": FIT_DESCRIPTION},
+            },
+        )
+
+
+def input_error(error: BaseException) -> InputError | None:
+    """The InputError behind ``error``: jsonargparse reports one raised while it builds the
+    model (an ensemble loading its members) as the cause of its own multi-line ValueError."""
+    while error is not None and not isinstance(error, InputError):
+        error = error.__cause__
+    return error
+
+
+def main(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> TimitCLI:
+    """Entry point of ``python -m timit_lit`` and ``timit-lit``: ``args`` (the command line
+    without the program, ``["fit", "--config", "configs/demo.yaml"]``), or ``sys.argv[1:]``
+    where the process is this command. Bad input: one line on stderr, exit status 2. From
+    Python, :func:`timit_lit.run` returns what the command made instead."""
+    if args is None and _argv_is_not_ours():
+        print("timit_lit: error: main() in a notebook has no command line of its own to read: pass the "
+              "arguments, main(['fit', '--config', 'configs/demo.yaml']), or call timit_lit.run('fit', ...)",
+              file=sys.stderr)
+        raise SystemExit(2)
     try:
         command = sys.argv[1:] if args is None else list(args)
         if command[:1] == ["sweep"]:
             return _sweep(command[1:])
-        with process_group_left_on_exit():
-            return TimitCLI(
-                PhoneModel,
-                TimitDataModule,
-                subclass_mode_model=True,
-                args=args,
-                seed_everything_default=0,
-                save_config_callback=RunConfig,
-                save_config_kwargs={"overwrite": True},
-                # Always present, whatever the config's trainer.callbacks: RNG states in every checkpoint.
-                trainer_defaults={"callbacks": [ResumeState(), *callbacks]},
-                # Parse errors raise (TimitCLI.parse_arguments says them in one line), on every subcommand's parser.
-                parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in TimitCLI.subcommands()}},
-            )
+        return build_cli(args, callbacks)
     except (InputError, ValueError) as error:
-        # jsonargparse reports an InputError raised while it builds the model (an ensemble
-        # loading its members) as the cause of its own multi-line ValueError.
-        cause = error
-        while cause is not None and not isinstance(cause, InputError):
-            cause = cause.__cause__
+        cause = input_error(error)
         if cause is None:
             raise
         print(f"timit_lit: error: {' '.join(str(cause).split())}", file=sys.stderr)
@@ -304,3 +351,17 @@ def _sweep(args: list[str]) -> None:
             raise
         raise InputError('sweep needs Optuna: pip install -e ".[sweep]"') from None
     sweep(args)
+
+
+def _argv_is_not_ours() -> bool:
+    """In IPython or a Jupyter kernel, sys.argv is the shell's or the kernel's own
+    (``ipykernel_launcher.py -f .../kernel-N.json``), unless it runs this command (``%run -m timit_lit``)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or getattr(ipython, "get_ipython", lambda: None)() is None:
+        return False
+    return Path(sys.argv[0]).name not in ("__main__.py", "timit-lit")
+
+
+def _prog() -> str:
+    """The command as the user typed it, for ``usage:`` lines."""
+    return "timit-lit" if Path(sys.argv[0]).name == "timit-lit" else "python -m timit_lit"

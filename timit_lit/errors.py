@@ -16,11 +16,25 @@ class OutputError(InputError):
     exit_code = 1
 
 
+# jsonargparse's report of a value outside an option's choices (a Literal type).
+CHOICE = re.compile(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)")
+
+
 def option_error_line(error: ArgumentError) -> str:
     """jsonargparse's multi-line report of a command line or config it rejects, in one line:
     an option the chosen network does not take names the option and the network; any other
-    error its key, what was expected and what was given."""
+    error its key, what was expected and what was given; a value outside an option's choices
+    names the option and its choices; a missing config file is named."""
     text = str(error)
+    missing_config = re.match(r'Parser key "config": File does not exist: \'(.*)\'', text)
+    if missing_config:
+        return f"{missing_config.group(1)}: config file not found (--config)"
+    choice = CHOICE.search(text)
+    if choice:
+        # Nested keys (a network's own options sit under "model") joined into the option's name.
+        keys = re.findall(r'Parser key "([^"]+)"', text[: choice.start()])
+        choices = ", ".join(value.strip() for value in choice.group(1).split(","))
+        return f"{'.'.join(keys) or 'option'}: {choice.group(2).strip()} is not one of {choices}"
     unknown = re.search(r"Problem with given class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", text)
     if unknown:
         class_path, option = unknown.groups()

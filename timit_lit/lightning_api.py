@@ -9,7 +9,9 @@ that a change fails there, by name, rather than as a wrong step count somewhere 
 - the optimizer-step progress trackers behind ``trainer.global_step``;
 - ``ModelCheckpoint._every_n_train_steps``;
 - Lightning's global RNG state collection (``_collect_rng_states`` / ``_set_rng_states``);
-- ``LightningCLI._parse_ckpt_path`` and the keys LightningCLI saves into hyper_parameters.
+- ``LightningCLI._parse_ckpt_path`` and the keys LightningCLI saves into hyper_parameters;
+- the help line of each subcommand in LightningCLI's parser (argparse's pseudo-actions of its
+  subcommands action, as jsonargparse keeps them).
 """
 
 from __future__ import annotations
@@ -91,3 +93,12 @@ class CheckpointHparamsCLI(LightningCLI):
 
     def model_from_checkpoint(self) -> None:
         super()._parse_ckpt_path()
+
+
+def set_subcommand_help(parser, helps: dict[str, str]) -> None:
+    """Replace the one-line help ``--help`` shows for the subcommands named in ``helps``
+    (LightningCLI gives each the first line of the Trainer method's docstring, often cut
+    mid-sentence, and takes no other)."""
+    for choice in parser._subcommands_action._choices_actions:
+        if choice.dest in helps:
+            choice.help = helps[choice.dest]

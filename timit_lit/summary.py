@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Optional
 
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from timit_lit.callbacks.resume import LastCheckpoint
@@ -15,9 +17,7 @@ from timit_lit.data.files import TEST_LABELS
 def fit_summary(trainer, command_line: list[str]) -> list[str]:
     """What a finished ``fit`` made, and the commands to run next with the same ``--config``
     and ``--data`` options: the lines the CLI prints last."""
-    best_callback = next((c for c in trainer.checkpoint_callbacks if not isinstance(c, LastCheckpoint)), None)
-    last_callback = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
-    best = best_callback.best_model_path if best_callback else ""
+    best_callback, best, last = run_checkpoints(trainer)
     lines = ["", "timit_lit: fit finished"]
     if best and best_callback.monitor:
         saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
@@ -26,8 +26,7 @@ def fit_summary(trainer, command_line: list[str]) -> list[str]:
         lines.append(f"  best {best_callback.monitor} {score}at epoch {saved['epoch']}: {_relative(best)}")
     elif best:
         lines.append(f"  no validation: the last epoch's checkpoint is {_relative(best)}")
-    last = Path(last_callback.dirpath or Path(best).parent) / f"{last_callback.filename}.ckpt" if last_callback else None
-    if last is not None and last.is_file():
+    if last is not None:
         lines.append(f"  last epoch (resume with --ckpt_path last): {_relative(last)}")
         best = best or str(last)
     tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
@@ -41,6 +40,16 @@ def fit_summary(trainer, command_line: list[str]) -> list[str]:
         for command in (*commands, "predict"):
             lines.append("    " + shlex.join(["python", "-m", "timit_lit", command, *options, "--ckpt_path", _relative(best)]))
     return lines
+
+
+def run_checkpoints(trainer) -> tuple[Optional[ModelCheckpoint], str, Optional[Path]]:
+    """A finished fit's best-checkpoint callback, its best checkpoint's path ("" if none) and
+    ``last.ckpt`` (None if it was not written)."""
+    best_callback = next((c for c in trainer.checkpoint_callbacks if not isinstance(c, LastCheckpoint)), None)
+    last_callback = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+    best = best_callback.best_model_path if best_callback else ""
+    last = Path(last_callback.dirpath or Path(best).parent) / f"{last_callback.filename}.ckpt" if last_callback else None
+    return best_callback, best, last if last is not None and last.is_file() else None
 
 
 def _relative(path) -> str:

@@ -10,12 +10,19 @@ of one utterance share 10 of their 11 frames, exactly as in the real files.
     python -m timit_lit.synthetic OUT_DIR --train-utterances 4000 --test-utterances 1400
 
 Everything is deterministic in ``seed``; utterance ``i`` is the same whatever the total.
+
+Generated files must never pass for the course's: the generator writes only into a folder
+that is missing, empty, or holds a set it generated, and marks every set it writes with
+``synthetic.json`` (its settings and each file's size), which the data module reads to say
+"generated data" in every run on it (:func:`generated_files`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +30,7 @@ import numpy as np
 
 from timit_lit.atomic import atomic_file, atomic_path
 from timit_lit.data.files import FRAME_DIMS
+from timit_lit.errors import InputError
 
 NUM_PHONES = 39
 SILENCE = 38
@@ -30,6 +38,7 @@ STATIC_DIMS = 13
 CONTEXT = 5  # frames either side of the centre
 ROW_DIMS = FRAME_DIMS * (2 * CONTEXT + 1)  # 429
 FILE_NAMES = ("train_11.npy", "train_label_11.npy", "test_11.npy", "test_label_11.npy")
+MARKER = "synthetic.json"  # beside the files of every generated set: its settings and files
 
 
 @dataclass(frozen=True)
@@ -114,9 +123,18 @@ def write_synthetic_timit(
 
     Returns the number of rows of each utterance, per split, in file order. Each file is
     written under a temporary name and renamed, so an interrupted run leaves no half file.
+    ``out_dir`` must be missing, empty, or a set the generator wrote (else InputError);
+    ``synthetic.json`` marks it as generated.
     """
     out = Path(out_dir)
+    check_generator_may_write(out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"train_utterances": train_utterances, "test_utterances": test_utterances, "seed": seed, "dtype": dtype,
+                "noise": noise, "test_labels": test_labels, "min_phones": min_phones, "max_phones": max_phones}
+    # Marked before the first file is written, so that an interrupted run's folder is still ours.
+    _write_marker(out, settings, files=None)
+    if not test_labels:  # an earlier generated set's (checked above), not this one's
+        (out / "test_label_11.npy").unlink(missing_ok=True)
     lang = _language(seed)
     splits = {
         "train": _split_labels(lang, seed, 0, train_utterances, min_phones, max_phones),
@@ -142,7 +160,57 @@ def write_synthetic_timit(
             labels = np.concatenate(utterance_labels) if utterance_labels else np.zeros(0, int)
             with atomic_file(out / f"{split}_label_11.npy") as f:
                 np.save(f, labels.astype("<U2"))
+    written = [name for name in FILE_NAMES if (out / name).is_file()]
+    _write_marker(out, settings, files={name: (out / name).stat().st_size for name in written})
     return {split: [len(lab) for lab in labs] for split, labs in splits.items()}
+
+
+def _write_marker(out: Path, settings: dict, files: dict[str, int] | None) -> None:
+    """``synthetic.json``: what wrote the folder, with which settings, and each file's size
+    (``files`` None while the set is being written)."""
+    marker = {"written_by": "timit_lit.synthetic", "note": "generated data, not speech", "settings": settings,
+              "files": files}
+    with atomic_file(out / MARKER, "w") as f:
+        json.dump(marker, f, indent=1)
+        f.write("\n")
+
+
+def _marker(data_dir: Path) -> dict | None:
+    try:
+        marker = json.loads((Path(data_dir) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("written_by") == "timit_lit.synthetic" else None
+
+
+def generated_files(data_dir: str | os.PathLike) -> list[str]:
+    """The course-named files of ``data_dir`` that the generator wrote: those its marker
+    lists with their size as it is now (a file the course's download replaced is not)."""
+    marker = _marker(Path(data_dir))
+    if marker is None:
+        return []
+    present = [name for name in FILE_NAMES if (Path(data_dir) / name).is_file()]
+    if marker.get("files") is None:  # interrupted while writing: whatever it left is its own
+        return present
+    sizes = marker["files"] if isinstance(marker["files"], dict) else {}
+    return [name for name in present if sizes.get(name) == (Path(data_dir) / name).stat().st_size]
+
+
+def check_generator_may_write(out: Path) -> None:
+    """The generator writes only into a folder that is missing, empty, or holds a set it generated:
+    an InputError (one line) for any other, so that it never writes fake files under the
+    course's names beside, or over, real ones."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; the generator writes its set into a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if _marker(out) is None:
+        raise InputError(f"{out}: not a folder of generated data (no {MARKER}): the generator writes only into a "
+                         f"missing or empty folder, or one it generated; choose another folder")
+    foreign = [name for name in FILE_NAMES if (out / name).is_file() and name not in generated_files(out)]
+    if foreign:
+        raise InputError(f"{out}: {', '.join(foreign)} not written by the generator (changed since {MARKER} was "
+                         f"written): it writes over no other files; choose another folder")
 
 
 def has_timit_files(data_dir: str | os.PathLike) -> bool:
@@ -162,9 +230,13 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--noise", type=float, default=2.0, help="feature noise; higher is harder")
     parser.add_argument("--no-test-labels", action="store_true", help="leave out test_label_11.npy, as the course does")
     a = parser.parse_args(args)
-    lengths = write_synthetic_timit(
-        a.out_dir, a.train_utterances, a.test_utterances, a.seed, a.dtype, a.noise, not a.no_test_labels
-    )
+    try:
+        lengths = write_synthetic_timit(
+            a.out_dir, a.train_utterances, a.test_utterances, a.seed, a.dtype, a.noise, not a.no_test_labels
+        )
+    except InputError as error:
+        print(f"timit_lit.synthetic: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     for split, lens in lengths.items():
         print(f"{split}: {len(lens)} utterances, {sum(lens)} rows")
 

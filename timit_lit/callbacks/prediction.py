@@ -94,6 +94,8 @@ class CsvPredictionWriter(BasePredictionWriter):
         self.with_phone = with_phone
         self.posteriors_path = Path(posteriors_path) if posteriors_path else None
         self.posteriors_dtype = np.dtype(posteriors_dtype)
+        # The columns of the CSV last written (rank 0), for timit_lit.run to return.
+        self.written: Optional[dict[str, np.ndarray]] = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if sum(isinstance(cb, ViterbiEvaluation) and cb.enabled for cb in trainer.callbacks) > 1:
@@ -148,6 +150,7 @@ class CsvPredictionWriter(BasePredictionWriter):
         if self.with_phone:
             columns.append(np.asarray(PHONES)[columns[1]])
         write_csv_atomically(self.output_path, self.header, columns)
+        self.written = dict(zip(self.header.split(","), columns))
         rank_zero_info(f"Wrote {len(order):,} predictions to {self.output_path}")
         if self.posteriors_path is not None:
             write_atomically(self.posteriors_path, lambda f: np.save(f, posteriors[order].astype(self.posteriors_dtype)), mode="wb")

@@ -53,7 +53,10 @@ class TimitDataModule(pl.LightningDataModule):
             utterance's first or last frame), so the model's input is ``context * 39``.
         num_classes: number of phone classes; labels must lie in ``0..num_classes-1``.
         num_workers: DataLoader worker processes (0 reads batches in the main process).
-        synthetic: if the files are missing, write a synthetic set there first (the demo).
+        synthetic: generated data on purpose (the demo): if the files are missing, write a
+            generated set there first (:mod:`timit_lit.synthetic`; only into a missing or empty
+            folder, or one it generated). A run on generated data says so; one with
+            ``synthetic`` false warns.
         cache_dir: where float64 feature files are converted to float32 once
             (default: ``float32_cache/`` in ``data_dir``).
         batch_by: ``rows``: batches of ``batch_size`` rows (frames), for frame classifiers;
@@ -131,7 +134,10 @@ class TimitDataModule(pl.LightningDataModule):
         self.predict_file = predict_file
         self.features_on_device = features_on_device
         if synthetic and not synthetic_data.has_timit_files(self.data_dir):
+            if rank_zero_only.rank == 0:
+                report(f"{self.data_dir}: writing a generated TIMIT-shaped set there (data.synthetic true)")
             synthetic_data.write_synthetic_timit(self.data_dir)
+        self._say_if_generated(synthetic)
         # The model's input width comes from the data; reading an .npy header is cheap.
         if not self.data_dir.is_dir():
             raise InputError(f"{self.data_dir}: data folder not found (expected {TRAIN_FEATURES}, {TRAIN_LABELS}, {TEST_FEATURES})")
@@ -152,6 +158,20 @@ class TimitDataModule(pl.LightningDataModule):
         self._starts: dict[str, np.ndarray] = {}
         self._utterances: Optional[Utterances] = None
         self._known: dict[str, np.ndarray] = {}  # split: labels decoding may take as given (timit_lit.decoding)
+
+    def _say_if_generated(self, synthetic: bool) -> None:
+        """Generated data never passes for speech: a run on it says so, and warns where its
+        config is one for real data (data.synthetic false)."""
+        generated = synthetic_data.generated_files(self.data_dir)
+        if not generated or rank_zero_only.rank != 0:
+            return
+        what = f"{', '.join(generated)} written by timit_lit.synthetic ({synthetic_data.MARKER})"
+        if synthetic:
+            report(f"{self.data_dir}: generated data, not speech: {what}")
+        else:
+            warnings.warn(f"{self.data_dir} holds GENERATED data, not TIMIT speech: {what}. What this run measures "
+                          f"says nothing about speech. The course's files: README, 'The course data'; generated data "
+                          f"on purpose: --data.synthetic true", UserWarning, stacklevel=2)
 
     def feature_files(self) -> list[str]:
         """The feature files of the folder, in the order their rows are numbered together."""
