@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -68,11 +67,11 @@ class StepRecord(pl.Callback):
 
 def record(fit_options: list[str], steps: int, workdir: Path) -> list[dict]:
     """The first ``steps`` training steps of ``fit`` with these options, run in ``workdir``."""
-    cli = timit_lit_main(["fit", *fit_options, "--trainer.max_steps", str(steps),
-                          "--trainer.default_root_dir", str(workdir), "--trainer.limit_val_batches", "0",
-                          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                          "--trainer.callbacks+=recipe_steps.StepRecord"])
-    (recorder,) = [c for c in cli.trainer.callbacks if isinstance(c, StepRecord)]
+    recorder = StepRecord()
+    timit_lit_main(["fit", *fit_options, "--trainer.max_steps", str(steps),
+                    "--trainer.default_root_dir", str(workdir), "--trainer.limit_val_batches", "0",
+                    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"],
+                   callbacks=[recorder])
     return recorder.steps
 
 
@@ -100,9 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--write", help="write the steps to this JSON file")
     what.add_argument("--check", help="compare with the steps pinned in this JSON file")
     args, fit_options = parser.parse_known_args(argv)
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)  # StepRecord's class path for the CLI
     options = [part for config in args.config for part in ("--config", config)] + ["--data.data_dir", args.data]
     steps = record(options + fit_options, args.steps, Path(args.workdir))
     for step in steps:
@@ -118,5 +114,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.modules.setdefault("recipe_steps", sys.modules["__main__"])  # one StepRecord class, whatever imports it
     raise SystemExit(main())

@@ -16,8 +16,8 @@ import signal
 import sys
 import warnings
 from argparse import ArgumentError
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser
