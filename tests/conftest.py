@@ -1,35 +1,16 @@
-"""Shared fixtures: tiny generated TIMIT-shaped data and helpers that run the CLI in-process."""
+"""Shared fixtures: tiny generated TIMIT-shaped data and a trained run (helpers: tests/helpers/)."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from timit_lit.cli import main
 from timit_lit.synthetic import write_synthetic_timit
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-BASELINE = str(REPO / "configs" / "baseline.yaml")
-# No progress bar or summary in test logs.
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-# The baseline network, trained faster: bigger batches and a bigger step.
-FAST = ["--data.batch_size", "256", "--model.lr", "0.002"]
-
-
-def run_in(workdir: Path, *args: str):
-    """``main([...])`` with ``workdir`` as the working directory (runs write ``lightning_logs/`` there)."""
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        return main([*args, *QUIET])
-    finally:
-        os.chdir(cwd)
+from helpers import BASELINE, FAST, run_in
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +48,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def without_data_summary(stderr: str) -> list[str]:
-    """stderr's lines without the data module's one-line summary of the utterances it found
-    (``timit_lit: DIR: 2 files (...): N utterances ...``), which comes before any error."""
-    return [line for line in stderr.strip().splitlines() if not re.match(r"timit_lit: .*: \d+ files \(.*\): [\d,]+ utterances", line)]

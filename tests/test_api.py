@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import timit_lit
-from conftest import BASELINE, REPO
+from helpers import BASELINE, REPO
 from timit_lit.api import command_line_options
 
 

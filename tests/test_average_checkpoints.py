@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from conftest import BASELINE, FAST, REPO, run_in
+from helpers import BASELINE, FAST, REPO, run_in
 
 TOOL = [sys.executable, str(REPO / "benchmarks" / "average_checkpoints.py")]
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import BASELINE, FAST, REPO, run_in
+from helpers import BASELINE, FAST, REPO, run_in
 from timit_lit.cli import SUBCOMMAND_HELP, main
 from timit_lit.models import PhoneClassifier
 

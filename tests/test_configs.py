@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO, run_in
+from helpers import REPO, run_in
 from timit_lit.callbacks import CudaMatmulPrecision
 
 CONFIGS = REPO / "configs"

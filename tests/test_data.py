@@ -10,19 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASELINE, REPO, run_in
+from helpers import BASELINE, REPO, copy_data, run_in
 from timit_lit.data import FrameDataset, TimitDataModule
 from timit_lit.data.files import float32_cache_path, float32_features
 from timit_lit.errors import InputError
 from timit_lit.synthetic import write_synthetic_timit
-
-
-def copy_data(src, dst, **replace):
-    """A copy of the tiny data set with some files replaced by the given arrays."""
-    shutil.copytree(src, dst)
-    for name, array in replace.items():
-        np.save(dst / f"{name}.npy", array)
-    return dst
 
 
 def test_contiguous_split_as_in_the_notebook(tiny_data):

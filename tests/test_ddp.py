@@ -9,15 +9,15 @@ from collections import Counter
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import BASELINE, QUIET, REPO, run_in
+from helpers import BASELINE, QUIET, REPO, run_in
 from timit_lit.data.utterances import utterance_starts
-from utterance_log import utterance_key
+from helpers.utterance_log import utterance_key
 
 DDP2 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
 def timit_lit(cwd, *args):
-    # The tests folder on the path: helper callbacks (utterance_log.py) load by class path.
+    # The tests folder on the path: helper callbacks (helpers/utterance_log.py) load by class path.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
     result = subprocess.run([sys.executable, "-m", "timit_lit", *args, *QUIET], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=600)
@@ -83,7 +83,7 @@ def test_every_epoch_the_processes_share_the_bucketed_order_exactly(tiny_data, t
     even count), and each epoch's order is new."""
     timit_lit(tmp_path, "fit", "--config", str(REPO / "configs" / "recurrent.yaml"), "--data.data_dir", str(tiny_data),
               "--model.hidden_size", "8", "--model.num_layers", "1", "--data.batch_size", "2", *DDP2,
-              "--trainer.max_epochs", "3", "--trainer.callbacks+=utterance_log.UtteranceLog",
+              "--trainer.max_epochs", "3", "--trainer.callbacks+=helpers.utterance_log.UtteranceLog",
               "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false")
     ranks = [json.loads((tmp_path / f"utterances_rank{r}.json").read_text()) for r in (0, 1)]
     features = np.load(tiny_data / "train_11.npy")

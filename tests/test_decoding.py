@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASELINE, FAST, run_in
-from test_phone_errors import independent_metrics
+from helpers import BASELINE, FAST, run_in
+from helpers.metrics import independent_metrics
 from timit_lit.callbacks import viterbi
 from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, TimitDataModule
 from timit_lit.callbacks import ViterbiEvaluation

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import REPO, run_in
-from shuffled_split import mlebench_split
-from test_errors import fails_with
+from helpers import REPO, run_in
+from helpers.shuffled_split import mlebench_split
+from helpers import fails_with
 from timit_lit.data.utterances import utterance_starts
 from timit_lit.models import RecurrentPhoneClassifier
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import BASELINE, FAST, REPO, run_in
+from helpers import BASELINE, FAST, REPO, run_in
 
 ENSEMBLE = str(REPO / "configs" / "ensemble.yaml")
 RECURRENT = str(REPO / "configs" / "recurrent.yaml")

@@ -7,19 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASELINE, run_in
-from test_data import copy_data
-
-
-def fails_with(workdir, capsys, *args):
-    """Run the CLI, expect exit 2, return the error line (asserting it is the only one)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_in(workdir, *args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("timit_lit: error:")]
-    assert len(errors) == 1 and "Traceback" not in err
-    return errors[0]
+from helpers import BASELINE, copy_data, fails_with, run_in
 
 
 def nan_at_row_7(tiny_data):

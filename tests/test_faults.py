@@ -1,7 +1,7 @@
 """Runs that survive faults: SIGKILL and SIGTERM mid-fit, `--ckpt_path last`, determinism.
 
 The signals are real, sent to a `python -m timit_lit fit` subprocess: SIGKILL by the
-process itself at a fixed batch of the second epoch (tests/signal_at.py, so it lands at
+process itself at a fixed batch of the second epoch (tests/helpers/signal_at.py, so it lands at
 the same point however busy the machine is), SIGTERM from outside as soon as the first
 epoch's last.ckpt is on disk.
 """
@@ -18,7 +18,7 @@ import torch
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import BASELINE, FAST, QUIET, REPO, run_in
+from helpers import BASELINE, FAST, QUIET, REPO, run_in
 
 EPOCHS = 4
 # A narrower network than the baseline's, so that epochs take a fraction of a second.
@@ -79,7 +79,7 @@ def uninterrupted(tiny_data, tmp_path_factory):
 
 def test_sigkill_mid_epoch_then_resume_last_is_exact(tiny_data, uninterrupted, tmp_path):
     run_dir = tmp_path / "lightning_logs" / "version_0"
-    kill = '[{"class_path": "signal_at.SignalAt", "init_args": {"signal_name": "SIGKILL", "epoch": 1, "batch": 5}}]'
+    kill = '[{"class_path": "helpers.signal_at.SignalAt", "init_args": {"signal_name": "SIGKILL", "epoch": 1, "batch": 5}}]'
     process = start_fit(tmp_path, tiny_data, "--trainer.callbacks", kill)
     assert process.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0

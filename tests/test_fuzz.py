@@ -16,9 +16,9 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from conftest import BASELINE
-from test_data import copy_data
-from test_errors import fails_with
+from helpers import BASELINE
+from helpers import copy_data
+from helpers import fails_with
 from timit_lit.data.files import TRAIN_FEATURES, TRAIN_LABELS, float32_features, load_labels
 from timit_lit.errors import InputError
 from timit_lit.checkpoints import read_checkpoint

@@ -8,8 +8,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import REPO, run_in
-from test_host_reads import HOST_READS, OPTIMIZER_CODE, ProfileOneStep, _caller, small_recurrent_recipe
+from helpers import REPO, run_in
+from helpers.host_reads import HOST_READS, OPTIMIZER_CODE, ProfileOneStep, caller, small_recurrent_recipe
 
 pytestmark = pytest.mark.gpu
 CONFIGS = REPO / "configs"
@@ -60,5 +60,5 @@ def test_a_recurrent_gpu_training_step_reads_nothing_back(tiny_data, tmp_path):
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, data)
     allowed = (OPTIMIZER_CODE,) if trainer.precision == "bf16-mixed" else (OPTIMIZER_CODE, "torch/amp/")
-    callers = [_caller(e) for e in probe.events if e.name in HOST_READS]
+    callers = [caller(e) for e in probe.events if e.name in HOST_READS]
     assert [c for c in callers if not any(code in c for code in allowed)] == []

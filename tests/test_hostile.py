@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import timit_lit.atomic
-from conftest import BASELINE, FAST, QUIET, REPO, run_in
-from test_errors import fails_with
+from helpers import BASELINE, FAST, QUIET, REPO, run_in
+from helpers import fails_with
 from timit_lit.models import PhoneModel
 
 ENSEMBLE = str(REPO / "configs" / "ensemble.yaml")

@@ -79,6 +79,26 @@ def test_moved_optimizer_steps_carry_global_step_across_modes(tmp_path):
     assert trainer.global_step == 2
 
 
+def test_is_fitting_only_while_a_trainer_fits_the_module(tmp_path):
+    class Seen(Callback):
+        fitting: list = []
+
+        def on_train_start(self, trainer, pl_module):
+            self.fitting.append(lightning_api.is_fitting(pl_module))
+
+        def on_validation_start(self, trainer, pl_module):
+            self.fitting.append(lightning_api.is_fitting(pl_module))
+
+    model = Tiny()
+    model.val_dataloader = model.train_dataloader
+    model.validation_step = lambda batch, batch_idx: None
+    assert not lightning_api.is_fitting(model)  # attached to no trainer (LightningModule.trainer would raise)
+    trainer = _fit(model, tmp_path, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
+                   enable_checkpointing=False, callbacks=[Seen()])
+    trainer.validate(model, verbose=False)
+    assert Seen.fitting == [True, True, False]  # fit's training and validation, then validate's
+
+
 def test_every_n_train_steps():
     assert lightning_api.every_n_train_steps(ModelCheckpoint(every_n_train_steps=5)) == 5
     assert lightning_api.every_n_train_steps(ModelCheckpoint()) == 0

@@ -15,8 +15,8 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from conftest import QUIET, REPO, run_in
-from shuffled_split import mlebench_split
+from helpers import QUIET, REPO, run_in
+from helpers.shuffled_split import mlebench_split
 from timit_lit.data import TimitDataModule
 from timit_lit.data.datamodule import RECOVERED
 from timit_lit.decoding import PhoneStatistics, clamp_known, viterbi_decode

@@ -12,7 +12,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import BASELINE, FAST, run_in
+from helpers import BASELINE, FAST, run_in
 
 
 def summary_after(text: str) -> list[str]:

@@ -6,7 +6,7 @@ import nbformat
 import numpy as np
 from nbclient import NotebookClient
 
-from conftest import REPO
+from helpers import REPO
 
 NOTEBOOK = REPO / "notebooks" / "hw2.ipynb"
 SWITCH = "DEMO = False"

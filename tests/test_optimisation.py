@@ -9,7 +9,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import BASELINE, FAST, run_in
+from helpers import BASELINE, FAST, run_in
 
 SGD_STEP_LR = ["--optimizer", "SGD", "--optimizer.lr", "0.05",
                "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5"]

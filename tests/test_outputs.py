@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASELINE, SHARED, run_in
+from helpers import BASELINE, SHARED, run_in
 from timit_lit.models import PhoneClassifier
 from timit_lit.phones import PHONES
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_in
+from helpers import REPO, run_in
+from helpers.metrics import assert_logged, independent_metrics
 from timit_lit.data import TimitDataModule
 from timit_lit.models import PhoneClassifier
 from timit_lit.models import RecurrentPhoneClassifier
@@ -60,44 +61,13 @@ def learnt_checkpoint(tiny_data, tmp_path_factory):
     return best
 
 
-# Independent re-computations, sharing no code with timit_lit.scoring.
-
-def edit_distance(hypothesis, reference):
-    previous = list(range(len(reference) + 1))
-    for i, h in enumerate(hypothesis, 1):
-        current = [i]
-        for j, r in enumerate(reference, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (h != r)))
-        previous = current
-    return previous[-1]
-
-
-def independent_metrics(predictions, labels, segments):
-    """PER and boundary / inner accuracy from ``segments``, a list of (first, stop) frame ranges."""
-    edits = phones = 0
-    boundary = np.zeros(len(labels), dtype=bool)
-    for first, stop in segments:
-        collapse = lambda frames: [k for k, _ in itertools.groupby(frames.tolist())]  # noqa: E731
-        reference = collapse(labels[first:stop])
-        edits += edit_distance(collapse(predictions[first:stop]), reference)
-        phones += len(reference)
-        for t in range(first, stop):
-            boundary[t] = (t > first and labels[t] != labels[t - 1]) or (t < stop - 1 and labels[t] != labels[t + 1])
-    correct = predictions == labels
-    return {"per": edits / phones, "acc_boundary": correct[boundary].mean(), "acc_inner": correct[~boundary].mean(),
-            "errors_at_boundary": boundary[~correct].mean()}
-
+# Independent re-computations (helpers.metrics), sharing no code with timit_lit.scoring.
 
 def segments_of(rows, starts):
     """(first, stop) positions in ``rows`` of each run of consecutive rows inside one utterance."""
     begins = set(starts.tolist())
     cuts = [0] + [i for i in range(1, len(rows)) if rows[i] != rows[i - 1] + 1 or rows[i] in begins]
     return list(zip(cuts, cuts[1:] + [len(rows)]))
-
-
-def assert_logged(metrics, stage, expected):
-    for name, value in expected.items():
-        assert float(metrics[f"{stage}/{name}"]) == pytest.approx(value, abs=1e-6), name
 
 
 def test_test_logs_per_and_boundary_accuracy_of_the_predictions(tiny_data, learnt_checkpoint, tmp_path):

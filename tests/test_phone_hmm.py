@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.functional.text import word_error_rate
 
-from conftest import REPO, run_in, without_data_summary
+from helpers import REPO, run_in, without_data_summary
 from timit_lit.decoding import PhoneStatistics, viterbi_decode
 from timit_lit.edit_alignment import align, count_edits, frame_edit_counts
 from timit_lit.phone_hmm import PhoneHmm, decode_padded, decode_segments, mean_durations

@@ -4,7 +4,7 @@ both networks on the CPU; what leaves a step for decoding, posteriors or the CSV
 import numpy as np
 import pytest
 
-from conftest import BASELINE, REPO, run_in, without_data_summary
+from helpers import BASELINE, REPO, run_in, without_data_summary
 import timit_lit.models.mlp as mlp_module
 
 RECURRENT = ["--config", str(REPO / "configs" / "recurrent.yaml"), "--model.hidden_size", "16", "--model.num_layers", "2",

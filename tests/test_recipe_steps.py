@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from timit_lit.synthetic import write_synthetic_timit
 
 PINNED = REPO / "tests" / "recipe_steps"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import BASELINE, REPO, run_in
-from test_phone_errors import assert_logged, independent_metrics
+from helpers import BASELINE, REPO, run_in
+from helpers.metrics import assert_logged, independent_metrics
 from timit_lit.data import LengthBucketedOrder, UtteranceDataset
 from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.data.utterances import utterance_starts
@@ -259,7 +259,7 @@ def test_bucketed_fit_resumed_at_an_epoch_end_is_exact(tiny_data, tmp_path):
     (tmp_path / "whole").mkdir()
     (tmp_path / "resumed").mkdir()
     run_in(tmp_path / "whole", "fit", *common, "--trainer.max_epochs", "2")
-    crash = '[{"class_path": "signal_at.CrashAt", "init_args": {"epoch": 1, "batch": 1}}]'
+    crash = '[{"class_path": "helpers.signal_at.CrashAt", "init_args": {"epoch": 1, "batch": 1}}]'
     with pytest.raises(RuntimeError, match="crash at epoch 1"):
         run_in(tmp_path / "resumed", "fit", *common, "--trainer.max_epochs", "2", "--trainer.callbacks", crash)
     run_in(tmp_path / "resumed", "fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", "last")

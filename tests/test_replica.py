@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BASELINE, SHARED, run_in
+from helpers import BASELINE, SHARED, run_in
 
 TOOL = SHARED / "tools" / "timit_replica.py"
 pytestmark = pytest.mark.skipif(not TOOL.is_file(), reason="../shared/tools/timit_replica.py is not here")

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SHARED
-from shuffled_split import mlebench_split
+from helpers import SHARED
+from helpers.shuffled_split import mlebench_split
 from timit_lit.data.utterances import Utterances, chains, recover_utterances
 from timit_lit.synthetic import splice, write_synthetic_timit
 from timit_lit.data.utterances import utterance_starts

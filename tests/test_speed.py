@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning import Callback
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import BASELINE, QUIET, REPO, run_in
+from helpers import BASELINE, QUIET, REPO, run_in
 import timit_lit.models.mlp as model
 from timit_lit.models.mlp import mlp
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import BASELINE, FAST, run_in
+from helpers import BASELINE, FAST, run_in
 
 # A network and class count unlike the defaults, so that nothing comes out right by chance.
 NETWORK = ["--model.hidden_sizes", "[64, 32]", "--model.activation", "relu", "--data.num_classes", "40"]

@@ -18,10 +18,11 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from conftest import BASELINE, QUIET, REPO, run_in  # noqa: E402
+from helpers import BASELINE, QUIET, REPO, run_in  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from timit_lit.cli import main  # noqa: E402
 from timit_lit.sweep.command import check_fit_options  # noqa: E402
 from timit_lit.sweep.space import load_space  # noqa: E402
 
@@ -235,7 +236,7 @@ SHIPPED = [("strong_mlp.yaml", "strong_mlp.yaml"), ("demo.yaml", "demo.yaml")]
 def test_the_shipped_spaces_parse_with_their_configs():
     for space, config in SHIPPED:
         check_fit_options(load_space(REPO / "configs/sweeps" / space), ["--config", str(REPO / "configs" / config)],
-                          Path("unused"))
+                          Path("unused"), fit=main)
 
 
 # PostgreSQL: several machines share one database. A real server, started for the test.

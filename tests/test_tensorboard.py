@@ -11,7 +11,7 @@ from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import BASELINE, run_in
+from helpers import BASELINE, run_in
 from timit_lit.callbacks import monitoring
 
 

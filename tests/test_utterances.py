@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from helpers import SHARED
 from timit_lit.synthetic import splice, write_synthetic_timit
 from timit_lit.data.utterances import centre_frames, utterance_frames, utterance_starts, windows, windows_torch
 

@@ -11,7 +11,6 @@ the model, and one-line errors for bad input.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import warnings
@@ -21,18 +20,28 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from timit_lit.callbacks import (AtomicCheckpointIO, CsvPredictionWriter, CudaMatmulPrecision, EpochLearningRate,
-                                 EpochThroughput, LastCheckpoint, PhoneDecoding, PhoneErrorEvaluation, ResumeState,
-                                 RunConfig, ValidationFigures, ViterbiEvaluation)
-from timit_lit.checkpoints import (ckpt_path_best, ckpt_path_hpc, ckpt_path_last, first_logger, logger_version,
-                                   one_line_parse_errors, read_checkpoint)
+from timit_lit.callbacks import (
+    AtomicCheckpointIO,
+    CsvPredictionWriter,
+    CudaMatmulPrecision,
+    EpochLearningRate,
+    EpochThroughput,
+    LastCheckpoint,
+    PhoneDecoding,
+    PhoneErrorEvaluation,
+    ResumeState,
+    RunConfig,
+    ValidationFigures,
+    ViterbiEvaluation,
+)
+from timit_lit.checkpoints import ckpt_path_best, ckpt_path_hpc, ckpt_path_last, logger_version, one_line_parse_errors, read_checkpoint
 from timit_lit.data import TimitDataModule
+from timit_lit.default_logger import default_logger, first_logger, make_default_logger, uses_default_logger
 from timit_lit.errors import InputError, option_error_line
 from timit_lit.lightning_api import CheckpointHparamsCLI, checkpoint_logged_step, set_logged_step, set_subcommand_help
 from timit_lit.models import CheckpointEnsemble, PhoneModel, RecurrentPhoneClassifier
@@ -172,12 +181,10 @@ class TimitCLI(CheckpointHparamsCLI):
         curves go on where they stopped (TensorBoard reads every event file of a folder)."""
         config = self.config[subcommand]
         logger = first_logger(config)
-        if logger is None or logger is True:
-            # Lightning's default logger, as the Trainer makes it, with the version set. The same
+        if uses_default_logger(config):
+            # The default logger, as instantiate_trainer makes it, with the version set. The same
             # save_dir string matters: ModelCheckpoint reloads its best-k state only for the same dirpath.
-            default = {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": config.trainer.default_root_dir or os.getcwd(), "version": version,
-                                     "default_hp_metric": False}}  # as instantiate_trainer's default logger
+            default = default_logger(config.trainer.default_root_dir, version=version)
             self.config = self.parser.parse_object({subcommand: {"trainer": {"logger": default}}}, self.config)
         elif "init_args" in logger and "version" in logger.init_args:
             logger.init_args.version = version
@@ -197,13 +204,12 @@ class TimitCLI(CheckpointHparamsCLI):
             return
         config = self.config[subcommand]
         logger = first_logger(config)
-        place = {"save_dir": str(run.parent.parent), "name": run.parent.name, "version": run.name}
-        if logger is None or logger is True:  # as instantiate_trainer's default logger
-            default = {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                       "init_args": {**place, "default_hp_metric": False}}
+        save_dir, place = str(run.parent.parent), {"name": run.parent.name, "version": run.name}
+        if uses_default_logger(config):  # the default logger, in the run's folder
+            default = default_logger(save_dir, **place)
             self.config = self.parser.parse_object({subcommand: {"trainer": {"logger": default}}}, self.config)
         elif logger is not False and logger.class_path.endswith("TensorBoardLogger"):
-            logger.init_args.update(place)
+            logger.init_args.update(save_dir=save_dir, **place)
         else:
             return
         # The run's config.yaml stays the fit's; this command's goes beside it.
@@ -230,15 +236,11 @@ class TimitCLI(CheckpointHparamsCLI):
             config.trainer.logger = False
 
     def instantiate_trainer(self, **kwargs):
-        """The default logger, as Lightning makes it (TensorBoard in ``default_root_dir``, the
-        SLURM job id as version), but with ``default_hp_metric`` off: the HParams tab gets
-        the run's best ``val/acc`` from :class:`RunConfig` instead of a placeholder."""
+        """The Trainer, with this project's default logger (:mod:`timit_lit.default_logger`)
+        where Lightning would make its own: the SLURM job id as version, as Lightning's."""
         trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
         if trainer.get("logger") in (None, True) and not trainer.get("barebones"):
-            save_dir = trainer.get("default_root_dir") or os.getcwd()
-            kwargs.setdefault(
-                "logger", TensorBoardLogger(save_dir, version=SLURMEnvironment.job_id(), default_hp_metric=False)
-            )
+            kwargs.setdefault("logger", make_default_logger(trainer.get("default_root_dir"), version=SLURMEnvironment.job_id()))
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
@@ -350,7 +352,7 @@ def _sweep(args: list[str]) -> None:
         if error.name != "optuna":
             raise
         raise InputError('sweep needs Optuna: pip install -e ".[sweep]"') from None
-    sweep(args)
+    sweep(args, fit=main)
 
 
 def _argv_is_not_ours() -> bool:

@@ -19,8 +19,8 @@ at 0 and ending at the number of frames; utterance ``u`` is frames
 frames stay exact far below any real score difference; float32 was no faster here, the
 steps being small), on whatever device the posteriors are on, over all
 utterances at once: at time ``t`` it advances every utterance still longer than ``t``.
-On CPU it runs on one thread: each step is too small to share, and on a busy 2-core
-machine waiting for the second thread made decoding 5 to 50 times slower (measured).
+On CPU it runs on one thread: each step is too small to share, and on a busy machine
+waiting for a second thread made decoding slower, not faster.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class PhoneStatistics:
     Add-k smoothing (default k = 1, Laplace) adds ``k`` to every count before
     normalising, so that a phone or transition never seen in training keeps a small
     non-zero probability: the decoder can still output it when the network is sure,
-    and the prior never divides by zero. On TIMIT's ~1.1 M training frames k = 1 moves
-    the probabilities of seen events by well under 1 %.
+    and the prior never divides by zero. Against the counts of a training set of TIMIT's
+    size, one more per event barely moves the probabilities of events seen in training.
     """
 
     frames: np.ndarray  # (S,) frames of each phone
@@ -161,13 +161,14 @@ def viterbi_decode(
     else:
         log_trans = torch.zeros(num_phones, num_phones, dtype=torch.float64, device=device)
         log_init = torch.zeros(num_phones, dtype=torch.float64, device=device)
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         return _viterbi(scores, offsets, log_init, log_trans)
 
 
 @contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """torch's intra-op threads off while decoding on CPU (see the module docstring), then back."""
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """torch's intra-op threads off while decoding on CPU (see the module docstring), then
+    back: every decoder's small sequential steps (this module's and timit_lit.phone_hmm's)."""
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)

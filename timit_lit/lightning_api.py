@@ -5,6 +5,7 @@ Lightning documents none of what follows, so any release may change it; pyprojec
 ``tests/test_lightning_api.py`` checks each function against the installed Lightning, so
 that a change fails there, by name, rather than as a wrong step count somewhere else.
 
+- a LightningModule's trainer when it may have none (``_trainer``: ``.trainer`` raises then);
 - the fit loop's logging step (``_batches_that_stepped``): TensorBoard's x axis;
 - the optimizer-step progress trackers behind ``trainer.global_step``;
 - ``ModelCheckpoint._every_n_train_steps``;
@@ -26,6 +27,13 @@ from pytorch_lightning.utilities.seed import _collect_rng_states, _set_rng_state
 # Keys LightningCLI adds to the hyper_parameters a model saves: the network's class path, and
 # the instantiator that load_from_checkpoint uses.
 CLI_HPARAM_KEYS = ("_class_path", "_instantiator")
+
+
+def is_fitting(module: "pl.LightningModule") -> bool:
+    """Whether ``module`` is attached to a Trainer that is fitting (False when it is attached
+    to none, as when ``load_from_checkpoint`` builds it)."""
+    trainer = module._trainer
+    return trainer is not None and trainer.state.fn == "fit"
 
 
 def logged_step(trainer: "pl.Trainer") -> int:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from timit_lit.decoding import PhoneStatistics, _one_cpu_thread, check_offsets
+from timit_lit.decoding import PhoneStatistics, check_offsets, one_cpu_thread
 
 
 def mean_durations(stats: PhoneStatistics) -> np.ndarray:
@@ -125,7 +125,7 @@ def decode_padded(log_posteriors: torch.Tensor, lengths: torch.Tensor, hmm: Phon
     """The decoded phone of every frame of a padded batch: ``log_posteriors`` is
     ``utterances x frames x phones``, utterance ``u``'s real frames the first ``lengths[u]``;
     returns ``utterances x frames`` int64 (padding's entries mean nothing)."""
-    with _one_cpu_thread(log_posteriors.device):
+    with one_cpu_thread(log_posteriors.device):
         return _decode(log_posteriors, lengths, hmm)
 
 

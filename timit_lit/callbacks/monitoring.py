@@ -79,6 +79,8 @@ class EpochThroughput(Callback):
         name: the scalar's tag in TensorBoard.
     """
 
+    batch_hooks_per_call = True  # a call of several steps counts its rows alike (timit_lit.models.train_steps)
+
     def __init__(self, name: str = "train/frames_per_s"):
         self.name = name
         self._start = self._end = 0.0

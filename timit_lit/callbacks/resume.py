@@ -32,16 +32,15 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from timit_lit.atomic import atomic_file
+from timit_lit.checkpoints.training_state import CHECKPOINT_KEY, check_training_state
 from timit_lit.errors import OutputError
 from timit_lit.lightning_api import collect_rng_states, set_rng_states
-
-CHECKPOINT_KEY = "timit_lit"  # where ResumeState keeps its entries in a checkpoint
 
 
 class ResumeState(Callback):
     """Saves the global RNG states and the logger version in every checkpoint; restores the
     RNG states when a run resumes, and has the training state Lightning then restores (loops,
-    optimizers, schedulers) checked first (:func:`timit_lit.checkpoints.check_training_state`).
+    optimizers, schedulers) checked first (:func:`~timit_lit.checkpoints.check_training_state`).
 
     The states are restored as the checkpoint is loaded. From there to the first training
     batch the only draws from the global RNG are the training DataLoader's (its iterator's
@@ -71,9 +70,7 @@ class ResumeState(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Between making the optimizers and restoring them: check what Lightning is about to
-        # restore against them. Imported here: timit_lit.checkpoints imports this module.
-        from timit_lit.checkpoints import check_training_state
-
+        # restore against them.
         if self._resumed is not None:
             checkpoint, self._resumed = self._resumed, None
             check_training_state(str(trainer.ckpt_path), checkpoint, trainer)

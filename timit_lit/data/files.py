@@ -1,6 +1,6 @@
-"""Loading the HW2-1 ``timit_11`` files and splitting them for training.
+"""Reading and checking the HW2-1 ``timit_11`` files.
 
-The course's feature files are 2-4 GB, so they are memory-mapped, never copied: a batch
+The course's feature files are gigabytes, so they are memory-mapped, never copied: a batch
 reads its rows straight from the map. The network computes in float32; a float64 file is
 converted once, chunk by chunk, into a float32 cache file beside it, which is then mapped
 in its place (half the memory, and every process of a DDP run on one node shares the

@@ -2,8 +2,8 @@
 network (recurrent), checkpoint ensembles (ensemble), and the MLP's fast training steps (train_steps)."""
 
 from timit_lit.models.base import PhoneModel
+from timit_lit.models.ensemble import CheckpointEnsemble
 from timit_lit.models.mlp import PhoneClassifier
 from timit_lit.models.recurrent import RecurrentPhoneClassifier
-from timit_lit.models.ensemble import CheckpointEnsemble
 
 __all__ = ["PhoneModel", "PhoneClassifier", "RecurrentPhoneClassifier", "CheckpointEnsemble"]

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 from timit_lit.data.datasets import UNLABELLED  # noqa: F401 (documented beside IGNORED)
 from timit_lit.errors import InputError
+from timit_lit.lightning_api import is_fitting
 
 # The target of a padding frame (a slot of a padded utterance batch past the utterance's end):
 # the loss and the accuracy skip it, and so do validation's, test's and predict's outputs.
@@ -100,8 +101,7 @@ class PhoneModel(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning restores callbacks' state only when fitting, so the decoder finds them here.
         # A fit keeps those it has just counted from its own training split.
-        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
-        if not fitting:
+        if not is_fitting(self):
             saved = checkpoint.get(STATISTICS_KEY)
             self.phone_statistics = PhoneStatistics.from_state_dict(saved) if saved is not None else None
 
@@ -164,7 +164,8 @@ class PhoneModel(pl.LightningModule):
         return self._evaluate(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """Returns the real frames' logits (float32), which Viterbi decoding (timit_lit.decoding) collects."""
+        """Returns the real frames' logits (float32), which the evaluation callbacks collect
+        (timit_lit.callbacks.outputs) for decoding and phone errors."""
         logits, y = self.real_frames(*self._evaluate(batch, "val")[1:])
         if self.batch_by == "rows":  # every row is labelled: counted as is, without reading the device
             self.val_confusion.update(logits, y)

@@ -30,7 +30,6 @@ from timit_lit.errors import InputError
 from timit_lit.models.base import IGNORED, PhoneModel
 from timit_lit.models.mlp import PhoneClassifier
 
-
 # What an ensemble takes from its members' data settings: what defines their input, and the split.
 MEMBER_SETTINGS = (*TimitDataModule.MODEL_DEFINING, "split", "split_seed", "val_ratio")
 
@@ -82,7 +81,7 @@ def ensemble_data_settings(paths: list[str]) -> dict:
 
 def load_member(path: str) -> PhoneModel:
     """A trained model from its checkpoint, of the class it was trained as, for inference."""
-    path, checkpoint = read_checkpoint(path)  # its class checked, not imported (timit_lit.checkpoints)
+    path, checkpoint = read_checkpoint(path)  # its class checked, not imported (timit_lit.checkpoints.trust)
     model_class = checkpoint_network(path, checkpoint) or PhoneClassifier
     if model_class is CheckpointEnsemble:
         raise InputError(f"{path}: holds an ensemble, not a trained phone model")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Literal, Optional, Union
 
 import torch
-from torch import nn
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from torch import nn
 
 from timit_lit.data import TimitDataModule
 from timit_lit.errors import InputError
@@ -46,7 +46,9 @@ def mlp(
 
 
 class PhoneClassifier(PhoneModel):
-    """Framewise phone classification: cross-entropy, Adam, accuracy from torchmetrics.
+    """The notebook's MLP over each row's context window (:func:`mlp`: its widths, activation,
+    batch norm and dropout), with optimizer steps taken several to a Lightning step
+    (``steps_per_call``) or replayed as a CUDA graph; loss, metrics and Adam are :class:`PhoneModel`'s.
 
     Args:
         input_dim: features per row (linked from the data by the CLI).

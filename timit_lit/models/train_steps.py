@@ -17,7 +17,7 @@ network capture" recipe (https://pytorch.org/docs/stable/notes/cuda.html#whole-n
   replayed; every later full batch is copied into the same tensors and replayed;
 - a batch of another size (the last, short batch of an epoch) runs eagerly.
 Adam must be ``capturable=True`` (its step counters live on the GPU); the model makes it
-``fused`` too, one kernel for all parameters instead of about twenty.
+``fused`` too: one kernel for all parameters instead of a series of multi-tensor kernels.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 
-from timit_lit.callbacks.monitoring import EpochThroughput
 from timit_lit.lightning_api import every_n_train_steps
 
 WARMUP_STEPS = 3
@@ -45,8 +44,15 @@ TRAINING_METHODS = ("training_step", "backward", "optimizer_step", "optimizer_ze
 
 
 # Callbacks whose on_train_batch_start / _end do the same on one call of several steps as on
-# each of them (a checkpoint every N train steps is checked apart).
-PER_CALL_CALLBACKS = (ProgressBar, ModelCheckpoint, LearningRateMonitor, Timer, EpochThroughput)
+# each of them (a checkpoint every N train steps is checked apart): these of Lightning's, and
+# any whose class says so with ``batch_hooks_per_call = True`` (this project's EpochThroughput;
+# the networks do not import the callbacks, which are a layer above them).
+PER_CALL_CALLBACKS = (ProgressBar, ModelCheckpoint, LearningRateMonitor, Timer)
+
+
+def takes_a_call_per_batch(callback: pl.Callback) -> bool:
+    """Whether ``callback``'s batch hooks do the same on one call of several steps as on each step."""
+    return isinstance(callback, PER_CALL_CALLBACKS) or getattr(type(callback), "batch_hooks_per_call", False) is True
 
 
 def auto_steps_per_call(batch_size: int) -> int:
@@ -73,7 +79,7 @@ def why_lightning_steps(trainer: "pl.Trainer", model: "pl.LightningModule", base
     overridden = [f"{type(model).__name__}.{name}" for name in TRAINING_METHODS if is_overridden(name, model, base)]
     for callback in trainer.callbacks:
         hooks = SKIPPED_HOOKS
-        if not isinstance(callback, PER_CALL_CALLBACKS):  # its batch hooks would see a call's list of batches
+        if not takes_a_call_per_batch(callback):  # its batch hooks would see a call's list of batches
             hooks += ("on_train_batch_start", "on_train_batch_end")
         overridden += [f"{type(callback).__name__}.{name}" for name in hooks if is_overridden(name, callback, pl.Callback)]
         if every_n_train_steps(callback):

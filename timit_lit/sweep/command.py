@@ -1,7 +1,8 @@
 """``python -m timit_lit sweep --space SPACE.yaml [--trials N] [--storage URL] [--study NAME]
 [--output DIR] FIT_OPTIONS...``: one worker of a sweep.
 
-Each trial is an ordinary ``fit`` (:func:`timit_lit.cli.main`) of ``FIT_OPTIONS`` plus the
+Each trial is an ordinary ``fit`` (:func:`timit_lit.cli.main`, which hands itself to
+:func:`sweep`: the sweep runs on the command line, and imports none of it) of ``FIT_OPTIONS`` plus the
 trial's values (``--model.lr 0.003 ...``), with the forced callbacks and checkpoints of any
 fit, logging to its own TensorBoard run ``DIR/trial_N``, and :class:`TrialReport` telling
 Optuna each validation's metric. Any number of workers started with the same command (on
@@ -22,10 +23,12 @@ import socket
 import sys
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
 from optuna.study import MaxTrialsCallback
 
+from timit_lit.default_logger import default_logger
 from timit_lit.errors import InputError
 from timit_lit.sweep.report import TrialReport
 from timit_lit.sweep.results import SURPLUS, counts, table, write_best, write_pictures
@@ -35,6 +38,9 @@ from timit_lit.sweep.study import COUNTED, counted, finished, open_storage, open
 # Set while a trial trains: the processes Lightning starts for a DDP trial run this worker's
 # own command line, and find here which trial they belong to.
 TRIAL_ENV = "TIMIT_LIT_SWEEP_TRIAL"
+
+# What runs a trial's fit: timit_lit.cli.main (its command line as a list, and callbacks=).
+Fit = Callable[..., Any]
 
 
 class TrialExit(Exception):
@@ -94,9 +100,7 @@ def parse_command(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def logger_arguments(output: Path, number: int) -> list[str]:
     """The trial's TensorBoard run, ``output/trial_N`` (its checkpoints in it): a folder per
     trial number, which workers running at once never share."""
-    logger = {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-              "init_args": {"save_dir": str(output), "name": "", "version": f"trial_{number}",
-                            "default_hp_metric": False}}
+    logger = default_logger(str(output), name="", version=f"trial_{number}")
     return ["--trainer.logger", json.dumps(logger)]
 
 
@@ -104,29 +108,27 @@ def trial_arguments(fit_options: list[str], values: dict, output: Path, number: 
     return ["fit", *fit_options, *fit_arguments(values), *logger_arguments(output, number)]
 
 
-def check_fit_options(space: SearchSpace, fit_options: list[str], output: Path) -> None:
+def check_fit_options(space: SearchSpace, fit_options: list[str], output: Path, fit: Fit) -> None:
     """Parse ``fit`` (``--print_config``: nothing built, nothing trained) with the fit options
     and sets of the space's values that hold every choice and a value of every range: an
     option fit does not have, or a value it does not take, is named with its space key."""
     for values in space.probes():
-        error = _parse_error(trial_arguments(fit_options, values, output, 0))
+        error = _parse_error(fit, trial_arguments(fit_options, values, output, 0))
         if error is None:
             continue
         key = next((k for k in values if k in error), None)
-        if key is None and _parse_error(trial_arguments(fit_options, {}, output, 0)) is not None:
+        if key is None and _parse_error(fit, trial_arguments(fit_options, {}, output, 0)) is not None:
             raise InputError(f"sweep: FIT_OPTIONS: {error}")
         key = key or next(iter(values))
         raise space.error(f"space: {key}", f"fit does not take --{key} {fit_arguments({key: values[key]})[1]}: {error}")
 
 
-def _parse_error(args: list[str]) -> str | None:
+def _parse_error(fit: Fit, args: list[str]) -> str | None:
     """What ``fit`` says of these options (its one-line error), or None when it takes them."""
-    from timit_lit.cli import main
-
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main([*args, "--print_config"])
+            fit([*args, "--print_config"])
     except SystemExit as stop:
         if not stop.code:
             return None
@@ -140,9 +142,9 @@ class Worker:
     """Runs the study's trials until it has its total, then reports."""
 
     def __init__(self, study: optuna.Study, space: SearchSpace, total: int, fit_options: list[str], output: Path,
-                 storage: str):
+                 storage: str, fit: Fit):
         self.study, self.space, self.total = study, space, total
-        self.fit_options, self.output, self.storage = fit_options, output, storage
+        self.fit_options, self.output, self.storage, self.fit = fit_options, output, storage, fit
 
     def run(self) -> None:
         # Trials of killed workers first: failed (and queued again), they no longer count as running.
@@ -158,8 +160,6 @@ class Worker:
             raise SystemExit(stop.code) from None
 
     def objective(self, trial: optuna.Trial) -> float:
-        from timit_lit.cli import main
-
         # Trial numbers are given in the order trials are taken: one whose earlier trials
         # already make the total was taken by a worker racing another for the last one.
         if taken_before(self.study, trial.number) >= self.total:
@@ -185,7 +185,7 @@ class Worker:
         environment = dict(os.environ)
         os.environ[TRIAL_ENV] = str(trial.number)
         try:
-            main(trial_arguments(self.fit_options, values, self.output, trial.number), callbacks=[report])
+            self.fit(trial_arguments(self.fit_options, values, self.output, trial.number), callbacks=[report])
         except SystemExit as stop:
             raise TrialExit(stop.code) from None
         finally:
@@ -214,22 +214,21 @@ class Worker:
 
 
 def trial_process(args: argparse.Namespace, space: SearchSpace, name: str, output: Path, url: str,
-                  fit_options: list[str]) -> None:
+                  fit_options: list[str], fit: Fit) -> None:
     """One of the processes Lightning starts for a DDP trial (``--trainer.devices N
     --trainer.strategy ddp``), with the worker's own command line: the same fit of the same
     trial, its metric reported by rank 0 (the worker)."""
-    from timit_lit.cli import main
-
     number = int(os.environ[TRIAL_ENV])
     study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=None))
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     values = space.values(trial.params)
     report = TrialReport(None, number, values, space.metric, space.direction, str(space.path))
-    main(trial_arguments(fit_options, values, output, number), callbacks=[report])
+    fit(trial_arguments(fit_options, values, output, number), callbacks=[report])
 
 
-def sweep(argv: list[str]) -> None:
-    """The sweep command (``timit_lit.cli.main`` prints its InputErrors in one line, exit 2)."""
+def sweep(argv: list[str], fit: Fit) -> None:
+    """The sweep command, each trial run by ``fit`` (``timit_lit.cli.main``, which also prints
+    the command's InputErrors in one line, exit 2)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Each trial calls timit_lit.cli.main with its own arguments, by design.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -242,11 +241,11 @@ def sweep(argv: list[str]) -> None:
     output = Path(args.output) if args.output else Path("lightning_logs", "sweeps", name)
     url = args.storage or f"sqlite:///{(output / 'study.db').resolve()}"
     if TRIAL_ENV in os.environ:
-        return trial_process(args, space, name, output, url, fit_options)
-    check_fit_options(space, fit_options, output)
+        return trial_process(args, space, name, output, url, fit_options, fit)
+    check_fit_options(space, fit_options, output, fit)
     if args.storage is None:
         output.mkdir(parents=True, exist_ok=True)
     study = open_study(open_storage(url, args.heartbeat), name, space)
-    worker = Worker(study, space, args.trials, fit_options, output, shown_url(url))
+    worker = Worker(study, space, args.trials, fit_options, output, shown_url(url), fit)
     worker.run()
     worker.report()
