@@ -20,8 +20,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 import timit_lit.cli  # noqa: F401  the project's networks, which a checkpoint may name (never imported from it)
 from timit_lit.callbacks.resume import AtomicCheckpointIO
 from timit_lit.checkpoints import read_checkpoint

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import timit_lit.cli  # noqa: F401  the project's networks, which a checkpoint may name (never imported from it)
-from timit_lit.errors import InputError
 from timit_lit.callbacks.resume import AtomicCheckpointIO
 from timit_lit.checkpoints import read_checkpoint
+from timit_lit.errors import InputError
 
 
 def main(argv=None) -> int:

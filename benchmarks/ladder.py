@@ -5,8 +5,8 @@
 
 Rungs, in order: ``baseline``, ``strong_mlp`` (+ ``viterbi.yaml``), ``recurrent``
 (+ ``viterbi_recurrent.yaml``), ``recurrent_member`` (``recurrent_member.yaml`` layered on
-``recurrent.yaml``) and ``ensemble`` of the ENSEMBLE_MEMBERS' checkpoints (+ ``viterbi_recurrent.yaml``). ``--rungs`` picks some (an ensemble needs its members'
-rungs in the same run). Each command is a fresh ``python -m timit_lit``-equivalent
+``recurrent.yaml``) and ``ensemble`` of the ENSEMBLE_MEMBERS' checkpoints (+ ``viterbi_recurrent.yaml``).
+``--rungs`` picks some (an ensemble needs its members' rungs in the same run). Each command is a fresh ``python -m timit_lit``-equivalent
 process, timed from start to exit; its metrics come back as JSON on its last line
 (decoded rungs report ``test/acc_viterbi``). With
 ``--gpu`` the MLP rungs also layer ``configs/gpu.yaml`` (the same training, faster); the

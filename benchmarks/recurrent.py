@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from timit_lit.data import LengthBucketedOrder, UtteranceDataset
-from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.data.utterances import utterance_starts
+from timit_lit.models import RecurrentPhoneClassifier
 
 
 def seconds_per_step(step, repeats: int) -> float:

@@ -39,10 +39,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from timit_lit.cli import TimitCLI
-from timit_lit.runtime import quiet_known_warnings
 from timit_lit.data import TimitDataModule
 from timit_lit.models import PhoneModel
 from timit_lit.models.mlp import mlp
+from timit_lit.runtime import quiet_known_warnings
 
 COURSE_TRAIN_ROWS, COURSE_TEST_ROWS, WIDTH, CLASSES = 1_229_932, 451_552, 429, 39
 

@@ -12,9 +12,10 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import BASELINE, FAST, REPO, run_in
 from timit_lit.cli import SUBCOMMAND_HELP, main
 from timit_lit.models import PhoneClassifier
+
+from helpers import BASELINE, FAST, REPO, run_in
 
 
 def scalars(run_dir):

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import REPO, run_in
 from timit_lit.callbacks import CudaMatmulPrecision
+
+from helpers import REPO, run_in
 
 CONFIGS = REPO / "configs"
 ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"]

@@ -2,7 +2,6 @@
 
 import gc
 import os
-import shutil
 import warnings
 from pathlib import Path
 

@@ -9,8 +9,9 @@ from collections import Counter
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import BASELINE, QUIET, REPO, run_in
 from timit_lit.data.utterances import utterance_starts
+
+from helpers import BASELINE, QUIET, REPO, run_in
 from helpers.utterance_log import utterance_key
 
 DDP2 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]

@@ -93,18 +93,21 @@ def broken_links(path, root=ROOT):
     return problems
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(path):
     problems = broken_links(path)
     assert not problems, "broken links:\n" + "\n".join(problems)
 
 
+@pytest.mark.smoke
 def test_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, (
         f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move details to docs/")
 
 
+@pytest.mark.smoke
 def test_index_lists_every_page():
     index = ROOT / "docs" / "index.md"
     listed = {(index.parent / target.partition("#")[0]).resolve() for _, target in links(index)}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import BASELINE, copy_data, fails_with, run_in
+from helpers import BASELINE, copy_data, fails_with
 
 
 def nan_at_row_7(tiny_data):
@@ -78,6 +78,7 @@ def test_bad_data_gives_one_clear_line(case, tiny_data, best_checkpoint, tmp_pat
         assert word in line, line
 
 
+@pytest.mark.smoke
 def test_missing_data_folder(tmp_path, capsys):
     line = fails_with(tmp_path, capsys, "fit", "--config", BASELINE, "--data.data_dir", str(tmp_path / "nowhere"))
     assert "nowhere: data folder not found" in line
@@ -101,6 +102,7 @@ def test_checkpoint_unreadable(tiny_data, tmp_path, capsys):
     assert "bad.ckpt: not a readable checkpoint" in line
 
 
+@pytest.mark.smoke
 def test_checkpoint_that_is_not_lightnings(tiny_data, tmp_path, capsys):
     other = tmp_path / "weights.pt"
     torch.save({"weights": torch.zeros(3)}, other)
@@ -125,6 +127,7 @@ def test_failed_predict_leaves_no_csv_and_keeps_the_old_one(tiny_data, best_chec
     assert sorted(p.name for p in tmp_path.iterdir() if "csv" in p.name) == ["prediction.csv"]
 
 
+@pytest.mark.smoke
 def test_real_process_exits_non_zero_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "timit_lit", "fit", "--config", BASELINE, "--data.data_dir", str(tmp_path / "missing")],
@@ -146,6 +149,7 @@ def test_a_value_outside_an_options_choices_names_the_option_and_the_choices(tmp
     assert line == "timit_lit: error: model.activation: tanh is not one of 'sigmoid', 'relu', 'gelu'"
 
 
+@pytest.mark.smoke
 def test_a_missing_config_file_is_one_clean_line(tmp_path, capsys):
     line = fails_with(tmp_path, capsys, "fit", "--config", "nope.yaml")
     assert line == f"timit_lit: error: {tmp_path / 'nope.yaml'}: config file not found (--config)"

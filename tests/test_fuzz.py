@@ -16,12 +16,11 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from helpers import BASELINE
-from helpers import copy_data
-from helpers import fails_with
+from timit_lit.checkpoints import read_checkpoint
 from timit_lit.data.files import TRAIN_FEATURES, TRAIN_LABELS, float32_features, load_labels
 from timit_lit.errors import InputError
-from timit_lit.checkpoints import read_checkpoint
+
+from helpers import BASELINE, copy_data, fails_with
 
 CASES_PER_FILE = int(os.environ.get("TIMIT_FUZZ_CASES", 40))  # more for a longer search
 

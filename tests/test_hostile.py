@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import timit_lit.atomic
-from helpers import BASELINE, FAST, QUIET, REPO, run_in
-from helpers import fails_with
 from timit_lit.models import PhoneModel
+
+from helpers import BASELINE, FAST, QUIET, REPO, fails_with, run_in
 
 ENSEMBLE = str(REPO / "configs" / "ensemble.yaml")
 
@@ -60,6 +60,7 @@ def entry_points(tiny_data, checkpoint, workdir):
     }
 
 
+@pytest.mark.smoke
 def test_a_checkpoint_naming_another_module_imports_nothing(tiny_data, best_checkpoint, tmp_path, monkeypatch, capsys):
     name, marker = hostile_module(tmp_path, monkeypatch)
     hostile = altered(best_checkpoint, tmp_path / "shared.ckpt", {"_class_path": f"{name}.Net"})
@@ -111,6 +112,7 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("entry", ["predict", "ensemble member"])
 def test_a_pickled_payload_never_runs(entry, tiny_data, best_checkpoint, tmp_path, capsys):
     marker = tmp_path / "payload-ran"

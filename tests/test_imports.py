@@ -16,6 +16,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO
 
 PACKAGE = REPO / "timit_lit"
@@ -115,6 +117,7 @@ def layer(name: str) -> int:
     return 0
 
 
+@pytest.mark.smoke
 def test_the_graph_sees_imports_inside_functions():
     """The reader the checks below rely on: a deferred import is an edge too."""
     graph = import_graph()
@@ -123,11 +126,13 @@ def test_the_graph_sees_imports_inside_functions():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
+@pytest.mark.smoke
 def test_no_import_cycles_but_the_known_one():
     found = cycles(import_graph())
     assert [c for c in found if c not in KNOWN_CYCLES] == []
 
 
+@pytest.mark.smoke
 def test_layers_point_one_way():
     graph = import_graph()
     upward = sorted(f"{name} ({layer(name)}) imports {other} ({layer(other)})"

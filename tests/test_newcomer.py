@@ -90,8 +90,8 @@ def test_ckpt_path_best_without_one_is_a_one_line_error(tiny_data, tmp_path, cap
         run_in(tmp_path, "test", *common)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"timit_lit: error: lightning_logs: --ckpt_path best found no */checkpoints/last.ckpt of a run "
-                       f"(train one first, or pass a checkpoint's path)")
+    assert err[-1] == ("timit_lit: error: lightning_logs: --ckpt_path best found no */checkpoints/last.ckpt of a run "
+                       "(train one first, or pass a checkpoint's path)")
     # The newest run trained without validation: it has a last.ckpt but no best checkpoint.
     run_in(tmp_path, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST, "--trainer.max_epochs", "1",
            "--data.val_ratio", "0")

@@ -1,7 +1,6 @@
 """Phone error rate and boundary / inner-frame accuracy: small hand-worked cases, then
 `validate` / `test` on tiny runs against values recomputed here, independently."""
 
-import itertools
 
 import numpy as np
 import pytest

@@ -4,8 +4,9 @@ both networks on the CPU; what leaves a step for decoding, posteriors or the CSV
 import numpy as np
 import pytest
 
-from helpers import BASELINE, REPO, run_in, without_data_summary
 import timit_lit.models.mlp as mlp_module
+
+from helpers import BASELINE, REPO, run_in, without_data_summary
 
 RECURRENT = ["--config", str(REPO / "configs" / "recurrent.yaml"), "--model.hidden_size", "16", "--model.num_layers", "2",
              "--data.batch_size", "4", "--data.eval_batch_size", "5"]

@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from helpers import REPO
 from timit_lit.synthetic import write_synthetic_timit
+
+from helpers import REPO
 
 PINNED = REPO / "tests" / "recipe_steps"
 RECIPES = ["recurrent", "strong_mlp", "baseline"]

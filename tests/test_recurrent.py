@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from timit_lit.data import LengthBucketedOrder, UtteranceDataset
+from timit_lit.data.utterances import utterance_starts
+from timit_lit.models import RecurrentPhoneClassifier
+
 from helpers import BASELINE, REPO, run_in
 from helpers.metrics import assert_logged, independent_metrics
-from timit_lit.data import LengthBucketedOrder, UtteranceDataset
-from timit_lit.models import RecurrentPhoneClassifier
-from timit_lit.data.utterances import utterance_starts
 
 RECURRENT = str(REPO / "configs" / "recurrent.yaml")
 SMALL = ["--model.hidden_size", "32", "--model.num_layers", "2", "--data.batch_size", "4", "--data.eval_batch_size", "5"]

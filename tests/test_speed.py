@@ -11,9 +11,10 @@ import torch
 from pytorch_lightning import Callback
 from torch.profiler import ProfilerActivity, profile
 
-from helpers import BASELINE, QUIET, REPO, run_in
 import timit_lit.models.mlp as model
 from timit_lit.models.mlp import mlp
+
+from helpers import BASELINE, QUIET, REPO, run_in
 
 
 def fit(workdir, data, *options: str):

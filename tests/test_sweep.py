@@ -18,13 +18,14 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from helpers import BASELINE, QUIET, REPO, run_in  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from timit_lit.cli import main  # noqa: E402
 from timit_lit.sweep.command import check_fit_options  # noqa: E402
 from timit_lit.sweep.space import load_space  # noqa: E402
+
+from helpers import BASELINE, QUIET, REPO, run_in  # noqa: E402
 
 SPACE = """
 sampler: {class_path: RandomSampler}
