@@ -15,7 +15,9 @@ CONFIGS = REPO / "configs"
 ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"]
 
 
-@pytest.mark.parametrize("base", ["baseline.yaml", "strong_mlp.yaml"])
+# baseline.yaml + gpu.yaml, and recurrent.yaml + gpu_recurrent.yaml, fit in the quick tier too (tests/test_smoke.py,
+# with these checks): here the rest, slow.
+@pytest.mark.parametrize("base", [pytest.param("baseline.yaml", marks=pytest.mark.slow), "strong_mlp.yaml"])
 def test_gpu_yaml_on_the_mlp_configs(tiny_data, tmp_path, base):
     cli = run_in(tmp_path, "fit", "--config", str(CONFIGS / base), "--config", str(CONFIGS / "gpu.yaml"),
                  "--data.data_dir", str(tiny_data), *ON_CPU, "--model.cuda_graph", "false")  # CUDA graphs need CUDA
@@ -28,6 +30,7 @@ def test_gpu_yaml_on_the_mlp_configs(tiny_data, tmp_path, base):
     assert cli.trainer.global_step == -(-rows // cli.datamodule.batch_size)  # one optimizer step per batch of rows
 
 
+@pytest.mark.slow
 def test_gpu_recurrent_yaml_on_recurrent_yaml(tiny_data, tmp_path):
     cli = run_in(tmp_path, "fit", "--config", str(CONFIGS / "recurrent.yaml"), "--config",
                  str(CONFIGS / "gpu_recurrent.yaml"), "--data.data_dir", str(tiny_data), *ON_CPU,

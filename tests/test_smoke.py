@@ -51,8 +51,9 @@ def mlebench_data(tiny_data, tmp_path_factory):
     return out
 
 
-def fit_and_predict(workdir, data_dir, configs, options, header="Id,Class") -> np.ndarray:
-    """``fit``, then ``predict --ckpt_path last`` with the same configs; the CSV's rows as (id, class)."""
+def fit_and_predict(workdir, data_dir, configs, options, header="Id,Class"):
+    """``fit``, then ``predict --ckpt_path last`` with the same configs: the fit's CLI, and the
+    CSV's rows as (id, class)."""
     layered = [arg for name in configs for arg in ("--config", str(CONFIGS / name))]
     data = ["--data.data_dir", str(data_dir)]
     fit = run_in(workdir, "fit", *layered, *data, *options)
@@ -61,7 +62,7 @@ def fit_and_predict(workdir, data_dir, configs, options, header="Id,Class") -> n
     run_in(workdir, "predict", *layered, *data, *options, "--ckpt_path", "last", "--prediction.output_path", str(csv))
     lines = csv.read_text().splitlines()
     assert lines[0] == header
-    return np.array([[int(value) for value in line.split(",")[:2]] for line in lines[1:]])
+    return fit, np.array([[int(value) for value in line.split(",")[:2]] for line in lines[1:]])
 
 
 def check_rows(rows: np.ndarray, data_dir) -> None:
@@ -75,7 +76,15 @@ def check_rows(rows: np.ndarray, data_dir) -> None:
 def test_each_shipped_config_fits_and_predicts(name, tiny_data, mlebench_data, tmp_path):
     configs, options = FITS[name]
     data_dir, header = (mlebench_data, "Id,ClassId") if name == "mlebench" else (tiny_data, "Id,Class")  # MLE-bench's
-    check_rows(fit_and_predict(tmp_path, data_dir, configs, options, header), data_dir)
+    fit, rows = fit_and_predict(tmp_path, data_dir, configs, options, header)
+    check_rows(rows, data_dir)
+    if name == "baseline + gpu":  # the model's own steps, 64 to a call, on features kept on the device
+        assert fit.model.steps_per_call == 64 and not fit.model.automatic_optimization
+        assert fit.datamodule.features_on_device
+        rows = len(fit.datamodule.dataset("train"))
+        assert fit.trainer.global_step == -(-rows // fit.datamodule.batch_size)  # one optimizer step per batch
+    if name == "recurrent + gpu_recurrent":
+        assert fit.trainer.precision == "bf16-mixed" and fit.trainer.global_step == 2
 
 
 def test_ensemble_yaml_predicts_from_two_networks(tiny_data, tmp_path):

@@ -283,6 +283,7 @@ def postgres(tmp_path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow  # a server started; the same sharing on SQLite is test_two_workers_share_one_study_and_finish_exactly_n
 def test_two_workers_share_a_postgresql_study(postgres, tiny_data, tmp_path):
     space = write_space(tmp_path)
     # Two "machines": each its own output folder, one database.

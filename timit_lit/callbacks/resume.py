@@ -105,7 +105,7 @@ class LastCheckpoint(ModelCheckpoint):
     Lightning turns SIGTERM into a ``SIGTERMException`` once the current batch is done
     (under DDP every process stops at the same batch); this callback then saves the state
     of that step, so a preempted job loses at most one batch of work. Resuming from such a
-    mid-epoch checkpoint finishes the epoch on a fresh shuffle (Lightning warns about it),
+    mid-epoch checkpoint runs that epoch again whole, on a fresh shuffle (Lightning warns about it),
     so unlike a resume from an end-of-epoch ``last.ckpt`` it is not bit-identical to an
     uninterrupted run.
     """
