@@ -127,7 +127,6 @@ def test_failed_predict_leaves_no_csv_and_keeps_the_old_one(tiny_data, best_chec
     assert sorted(p.name for p in tmp_path.iterdir() if "csv" in p.name) == ["prediction.csv"]
 
 
-@pytest.mark.smoke
 def test_real_process_exits_non_zero_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "timit_lit", "fit", "--config", BASELINE, "--data.data_dir", str(tmp_path / "missing")],

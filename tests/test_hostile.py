@@ -60,7 +60,6 @@ def entry_points(tiny_data, checkpoint, workdir):
     }
 
 
-@pytest.mark.smoke
 def test_a_checkpoint_naming_another_module_imports_nothing(tiny_data, best_checkpoint, tmp_path, monkeypatch, capsys):
     name, marker = hostile_module(tmp_path, monkeypatch)
     hostile = altered(best_checkpoint, tmp_path / "shared.ckpt", {"_class_path": f"{name}.Net"})
