@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TimitDataModule
-from timit_lit.data.utterances import segment_offsets
-from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, viterbi_decode
+from timit_lit.data import TimitDataModule
+from timit_lit.decoding import PhoneStatistics, viterbi_decode
 from timit_lit.edit_alignment import frame_edit_counts
 from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.phone_hmm import PhoneHmm, decode_segments, mean_durations
@@ -49,6 +48,7 @@ def posteriors(args, split: str) -> dict:
     accepted = inspect.signature(RecurrentPhoneClassifier).parameters
     model = RecurrentPhoneClassifier(**{k: v for k, v in hparams.items() if k in accepted},
                                      phase_average=args.phase_average)
+    model.on_load_checkpoint(checkpoint)  # (a checkpoint from before the statistics were buffers)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     saved = checkpoint["datamodule_hyper_parameters"]
@@ -62,10 +62,9 @@ def posteriors(args, split: str) -> dict:
             parts.append(model.real_frames(*model.frame_logits(batch))[0].log_softmax(dim=1))
     dataset = data.dataset(split)
     rows = dataset.rows.numpy()
-    file = TRAIN_FEATURES if split == "val" else TEST_FEATURES
     result = {"log_posteriors": torch.cat(parts).numpy().astype(np.float32), "labels": dataset.labels[rows].astype(np.int64),
-              "offsets": segment_offsets(rows, data.utterance_starts(file)),
-              **{key: np.asarray(value) for key, value in checkpoint[STATISTICS_KEY].items()}}
+              "offsets": dataset.row_space.segments(rows),
+              **{key: np.asarray(value) for key, value in model.phone_statistics.state_dict().items()}}
     print(f"{split}: {len(rows):,} frames, {len(result['offsets']) - 1} segments, forward "
           f"{time.perf_counter() - start:.0f} s{' (phase averaged)' if args.phase_average else ''}")
     args.cache.mkdir(parents=True, exist_ok=True)

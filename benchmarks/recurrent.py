@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from timit_lit.data import LengthBucketedOrder, UtteranceDataset
+from timit_lit.data import LengthBucketedOrder, RowSpace, UtteranceDataset
 from timit_lit.data.utterances import utterance_starts
 from timit_lit.models import RecurrentPhoneClassifier
 
@@ -85,7 +85,7 @@ def real_batches(args) -> None:
     labels = np.load(Path(args.data) / "train_label_11.npy").astype(np.int64)
     starts = utterance_starts(features)
     centre = np.ascontiguousarray(features[:, 195:234])  # 11-frame rows: frame 6 of 11
-    dataset = UtteranceDataset(centre, labels, np.arange(len(features)), starts)
+    dataset = UtteranceDataset(centre, labels, np.arange(len(features)), RowSpace.in_time_order(starts))
     lengths = np.diff(starts)
     print(f"{len(lengths):,} utterances, batches of {args.utterances}, {args.layers} x {args.hidden} BiLSTM, "
           f"{args.steps} steps each, {torch.get_num_threads()} threads")

@@ -1,4 +1,4 @@
-"""Time and memory of recovering utterances from course-sized shuffled files (timit_lit.data.utterances.recover_utterances).
+"""Time and memory of recovering utterances from course-sized shuffled files (timit_lit.data.row_links.recover_utterances).
 
     python benchmarks/row_links.py SRC OUT          # e.g. ../data/replica /tmp/course_sized
 
@@ -55,7 +55,7 @@ def build(src: Path, out: Path, dtype: str) -> None:
 
 
 def time_recovery(folder: Path) -> None:
-    from timit_lit.data.utterances import recover_utterances
+    from timit_lit.data.row_links import recover_utterances
 
     files = [np.load(folder / name, mmap_mode="r") for name in ("train_11.npy", "test_11.npy")]
     tracemalloc.start()

@@ -197,7 +197,7 @@ def test_training_file_stays_mapped_only_while_its_rows_are_read(tiny_data, tmp_
     rows = TimitDataModule(str(data), context=11, batch_by="rows")
     rows.setup("fit")
     assert train in mapped_files()  # its batches are read from the map
-    rows.utterance_starts("train_11.npy")  # later questions reuse that one map
+    rows.dataset("train").row_space.starts  # later questions reuse that one map
     assert mapped_files().count(train) == 1
     del rows
     gc.collect()  # the data module is in reference cycles
@@ -207,7 +207,7 @@ def test_training_file_stays_mapped_only_while_its_rows_are_read(tiny_data, tmp_
         windows.setup("fit")
         assert train not in mapped_files()
         assert len(next(iter(windows.train_dataloader()))) >= 2  # batches are served from the copied frames
-        windows.utterance_starts("test_11.npy")  # maps the test file, reads it, and lets it go
+        windows.file_row_space("test_11.npy").starts  # maps the test file, reads it, and lets it go
         assert str(data / "test_11.npy") not in mapped_files()
 
 

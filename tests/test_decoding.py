@@ -14,7 +14,9 @@ from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, TimitDat
 from timit_lit.callbacks import ViterbiEvaluation
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, choose_transition_weight, frame_accuracy, viterbi_decode
 from timit_lit.synthetic import NUM_PHONES, write_synthetic_timit
-from timit_lit.data.utterances import segment_offsets, utterance_starts
+from timit_lit.data.row_space import segment_offsets
+from timit_lit.data.utterances import utterance_starts
+from timit_lit.models.base import STATISTICS_BUFFERS
 
 
 def random_stats(rng, num_phones):
@@ -173,8 +175,24 @@ def test_decoding_and_phone_errors_score_the_same_rows_under_a_batch_limit(tiny_
     assert metrics["test/per_viterbi"] == metrics["test/per"]
 
 
-def saved_statistics(checkpoint) -> PhoneStatistics:
-    return PhoneStatistics.from_state_dict(torch.load(checkpoint, weights_only=True)[STATISTICS_KEY])
+def saved_statistics_of(checkpoint: dict) -> PhoneStatistics:
+    """The phone statistics a checkpoint's model keeps, as buffers of its state_dict."""
+    state = checkpoint["state_dict"]
+    return PhoneStatistics(*(state[name].long().numpy() for name in STATISTICS_BUFFERS[:3]), float(state["phone_smoothing"]))
+
+
+def saved_statistics(path) -> PhoneStatistics:
+    return saved_statistics_of(torch.load(path, weights_only=True))
+
+
+def old_format(checkpoint: dict, statistics: bool) -> dict:
+    """``checkpoint`` as timit_lit wrote it before the statistics were buffers: beside the
+    weights as plain lists (:data:`STATISTICS_KEY`), or, before that, not at all."""
+    stats = PhoneStatistics(*(checkpoint["state_dict"].pop(name).long().numpy() for name in STATISTICS_BUFFERS[:3]),
+                            float(checkpoint["state_dict"].pop("phone_smoothing")))
+    if statistics:
+        checkpoint[STATISTICS_KEY] = stats.state_dict()
+    return checkpoint
 
 
 def split_statistics(data_dir, **options):
@@ -264,8 +282,9 @@ def test_predict_writes_decoded_classes(tiny_data, best_checkpoint, tmp_path):
     def decoded_directly(name, stats):
         """Decoding the saved posteriors with ``stats``."""
         posteriors = torch.from_numpy(np.load(tmp_path / (name + ".npy"))).clamp_min(1e-30).log()
-        return ViterbiEvaluation(True, 1.0, 1.0).decode(TimitDataModule(str(tiny_data)), posteriors,
-                                                         np.arange(len(posteriors)), TEST_FEATURES, stats).numpy()
+        return ViterbiEvaluation(True, 1.0, 1.0).decode(posteriors, np.arange(len(posteriors)),
+                                                         TimitDataModule(str(tiny_data)).file_row_space(TEST_FEATURES),
+                                                         stats).numpy()
 
     framewise, _ = predict("plain.csv")
     assert predict("zero.csv", "--decoding.enabled", "true", "--decoding.transition_weight", "0",
@@ -276,9 +295,8 @@ def test_predict_writes_decoded_classes(tiny_data, best_checkpoint, tmp_path):
     # The statistics come from the checkpoint: other statistics there (phones that hardly
     # ever change), other classes.
     checkpoint = torch.load(best_checkpoint, weights_only=True)
-    sticky = PhoneStatistics.from_state_dict(checkpoint[STATISTICS_KEY])
-    sticky.transitions = sticky.transitions + 10**6 * np.eye(NUM_PHONES, dtype=np.int64)
-    checkpoint[STATISTICS_KEY] = sticky.state_dict()
+    checkpoint["state_dict"]["phone_transitions"] += 10**6 * torch.eye(NUM_PHONES)
+    sticky = saved_statistics_of(checkpoint)
     torch.save(checkpoint, tmp_path / "sticky.ckpt")
     _, sticky_classes = predict("sticky.csv", *decoding, checkpoint=tmp_path / "sticky.ckpt")
     assert np.array_equal(sticky_classes, decoded_directly("sticky.csv", sticky))
@@ -288,10 +306,8 @@ def test_predict_writes_decoded_classes(tiny_data, best_checkpoint, tmp_path):
 def test_a_checkpoint_without_statistics_counts_them_from_the_training_file(tiny_data, best_checkpoint, tmp_path,
                                                                             monkeypatch, capsys):
     """Checkpoints from before the statistics were saved: all rows of train_label_11.npy, as decoding did then."""
-    checkpoint = torch.load(best_checkpoint, weights_only=True)
-    del checkpoint[STATISTICS_KEY]
     old = tmp_path / "old.ckpt"
-    torch.save(checkpoint, old)
+    torch.save(old_format(torch.load(best_checkpoint, weights_only=True), statistics=False), old)
     said = []
     monkeypatch.setattr(viterbi, "rank_zero_info", said.append)
     run_in(tmp_path, "predict", "--ckpt_path", str(old), "--data.data_dir", str(tiny_data), "--decoding.enabled", "true",
@@ -300,8 +316,9 @@ def test_a_checkpoint_without_statistics_counts_them_from_the_training_file(tiny
     classes = np.array([int(line.split(",")[1]) for line in (tmp_path / "prediction.csv").read_text().splitlines()[1:]])
     posteriors = torch.from_numpy(np.load(tmp_path / "old.npy")).clamp_min(1e-30).log()
     _, all_rows = split_statistics(tiny_data)
-    expected = ViterbiEvaluation(True, 1.0, 1.0).decode(TimitDataModule(str(tiny_data)), posteriors,
-                                                        np.arange(len(posteriors)), TEST_FEATURES, all_rows)
+    expected = ViterbiEvaluation(True, 1.0, 1.0).decode(posteriors, np.arange(len(posteriors)),
+                                                        TimitDataModule(str(tiny_data)).file_row_space(TEST_FEATURES),
+                                                        all_rows)
     assert np.array_equal(classes, expected.numpy())
     # Without the training files such a checkpoint cannot decode, and says which file is missing.
     bare = without_training_files(tiny_data, tmp_path / "bare")

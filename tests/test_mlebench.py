@@ -6,6 +6,7 @@ row in its own utterance's context, written in the test file's order (docs/mlebe
 """
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -18,7 +19,6 @@ from torch.nn import functional as F
 from helpers import QUIET, REPO, run_in
 from helpers.shuffled_split import mlebench_split
 from timit_lit.data import TimitDataModule
-from timit_lit.data.datamodule import RECOVERED
 from timit_lit.decoding import PhoneStatistics, clamp_known, viterbi_decode
 from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.synthetic import write_synthetic_timit
@@ -48,7 +48,8 @@ def test_utterances_found_across_files_and_served_whole(folders, capsys):
                     f"rows): {len(lengths)} utterances (mean {sum(lengths) / len(lengths):.1f} rows), rows re-ordered "
                     f"into utterances; {len(test_ids):,} test rows sit inside training utterances"]
     train, val = dm.dataset("train"), dm.dataset("val")
-    assert train.file == val.file == RECOVERED and len(train) == len(val) == len(lengths)
+    assert train.row_space is val.row_space and train.row_space.in_utterance_order
+    assert len(train) == len(val) == len(lengths)
     # Every row is input, in time order: the served utterances are the ordered file's, frame for frame.
     source = np.concatenate([train_ids, test_ids])[dm.utterances().order]
     served = [source[train.rows[a:b].numpy()] for a, b in zip(train.offsets[:-1], train.offsets[1:])]
@@ -163,6 +164,31 @@ def test_predict_on_two_processes_writes_the_same_csv(folders, tmp_path):
     assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes()
 
 
+def test_the_row_space_says_which_file_row_and_utterance_each_row_id_is(folders):
+    """What decoding and the CSV writer ask of a predict dataset's row space, on a shuffled folder."""
+    _, shuffled, lengths, train_ids, test_ids = folders
+    dm = TimitDataModule(str(shuffled), batch_by="utterances", context=1)
+    dm.setup("predict")
+    space = dm.dataset("predict").row_space
+    assert space.in_utterance_order and space.file == "test_11.npy" and space.n_rows == len(train_ids) + len(test_ids)
+    ids = np.arange(space.n_rows)
+    file_rows = space.file_row_ids(ids)  # the test file's row of each id, -1 for a training row
+    assert (file_rows < 0).sum() == len(train_ids)
+    assert np.array_equal(file_rows[space.positions("test_11.npy")], np.arange(len(test_ids)))
+    # Its segments are the source's utterances: consecutive frames of the ordered file, each whole.
+    source = np.concatenate([train_ids, test_ids])[dm.utterances().order]
+    offsets = space.segments(ids)
+    assert sorted(np.diff(offsets)) == sorted(lengths)
+    assert all((np.diff(source[a:b]) == 1).all() for a, b in zip(offsets[:-1], offsets[1:]))
+    # Decoding may take the training rows' labels as given, never a test row's.
+    labels = np.load(shuffled / "train_label_11.npy").astype(np.int64)
+    assert np.array_equal(space.given_labels[space.positions("train_11.npy")], labels)
+    assert (space.given_labels[space.positions("test_11.npy")] == -1).all()
+    # A DataLoader worker's copy carries what was worked out, not the data module's recovery.
+    copy = pickle.loads(pickle.dumps(space))
+    assert copy.folder_utterances is None and np.array_equal(copy.segments(ids), offsets)
+
+
 def test_the_notebooks_mlp_takes_the_shuffled_rows_as_they_are(folders, tmp_path, recwarn):
     """The baseline needs no utterances: it trains on the training file's rows in their shuffled
     order (a contiguous split, as the notebook's), says why it gives no phone error rate, and
@@ -172,7 +198,8 @@ def test_the_notebooks_mlp_takes_the_shuffled_rows_as_they_are(folders, tmp_path
               "--model.hidden_sizes", "[32]"]
     fit = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "1")
     train, val = (fit.datamodule.dataset(split) for split in ("train", "val"))
-    assert train.file == val.file == "train_11.npy"
+    assert train.row_space is val.row_space and not train.row_space.in_utterance_order
+    assert train.row_space.file == "train_11.npy"
     rows = np.concatenate([train.rows.numpy(), val.rows.numpy()])
     assert np.array_equal(rows, np.arange(len(train_ids))) and len(val) == pytest.approx(0.2 * len(train_ids), abs=1)
     assert any("utterances of these rows cannot be told" in str(w.message) and "not in time order" in str(w.message)

@@ -139,15 +139,15 @@ def test_a_files_utterances_are_recovered_once(tiny_data, best_checkpoint, tmp_p
     """The split, the datasets and the decoder all ask the data module, which recovers them once,
     across every file of the folder together."""
     from timit_lit.callbacks import viterbi
-    from timit_lit.data import datamodule, utterances
+    from timit_lit.data import datamodule, folder, row_links
 
     recovered = []
 
     def counted(files, *args):
         recovered.append([len(features) for features in files])
-        return utterances.recover_utterances(files, *args)
+        return row_links.recover_utterances(files, *args)
 
-    for module in (datamodule, viterbi):  # wherever it could be called from
+    for module in (folder, datamodule, viterbi):  # wherever it could be called from
         monkeypatch.setattr(module, "recover_utterances", counted, raising=False)
         monkeypatch.setattr(module, "utterance_starts", None, raising=False)  # the per-file recovery: not called
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from timit_lit.data import LengthBucketedOrder, UtteranceDataset
+from timit_lit.data import LengthBucketedOrder, RowSpace, UtteranceDataset
+from timit_lit.models.base import statistics_buffers, training_statistics
 from timit_lit.data.utterances import utterance_starts
 from timit_lit.models import RecurrentPhoneClassifier
 
@@ -89,7 +90,7 @@ def test_utterance_batches_hold_whole_utterances_in_row_order(tiny_data):
     labels = np.load(tiny_data / "train_label_11.npy").astype(np.int64)
     starts = utterance_starts(features)
     rows = np.arange(3, starts[-1] - 2)  # cut the first and last utterances short
-    dataset = UtteranceDataset(features, labels, rows, starts)
+    dataset = UtteranceDataset(features, labels, rows, RowSpace.in_time_order(starts))
     assert len(dataset) == len(starts) - 1
     x, y, lengths = dataset.__getitems__(list(range(len(dataset))))
     real = torch.arange(x.shape[1])[None] < lengths[:, None]
@@ -141,7 +142,7 @@ def test_every_utterance_one_cycle_and_averaged_weights(tiny_data, tmp_path):
     the whole run), with EMA weight averaging: the checkpoint holds the averaged weights,
     and `test` scores those."""
     common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.batch_size", "2"]
-    ema = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay", "0.5"]
+    ema = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay", "0.9"]
     cli = run_in(tmp_path, "fit", *common, *ema, "--trainer.max_epochs", "2")
     assert len(cli.datamodule.dataset("val")) == 0 and len(cli.datamodule.dataset("train")) == 12  # every utterance
     (cycle,) = cli.trainer.lr_scheduler_configs
@@ -155,6 +156,10 @@ def test_every_utterance_one_cycle_and_averaged_weights(tiny_data, tmp_path):
     saved = torch.load(run / "last.ckpt", weights_only=True)
     averaged, current = saved["state_dict"], saved["current_model_state"]
     assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
+    # Weight averaging averages buffers too: the checkpoint keeps the phone statistics the fit counted.
+    counted = training_statistics(cli.datamodule.dataset("train"), 39)
+    for name, value in statistics_buffers(counted, 39).items():
+        assert torch.equal(averaged[name], value), name
 
     def loss_with(weights):
         model = RecurrentPhoneClassifier(**{k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")})

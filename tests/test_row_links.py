@@ -1,4 +1,4 @@
-"""Utterances recovered from rows in any order, across files (timit_lit.data.utterances.recover_utterances)."""
+"""Utterances recovered from rows in any order, across files (timit_lit.data.row_links.recover_utterances)."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 from helpers import SHARED
 from helpers.shuffled_split import mlebench_split
-from timit_lit.data.utterances import Utterances, chains, recover_utterances
+from timit_lit.data.row_links import Utterances, chains, recover_utterances
 from timit_lit.synthetic import splice, write_synthetic_timit
 from timit_lit.data.utterances import utterance_starts
 

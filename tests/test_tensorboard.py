@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from helpers import BASELINE, run_in
+from timit_lit import drawing
 from timit_lit.callbacks import monitoring
 
 
@@ -111,7 +112,7 @@ def test_segments_figure_of_one_utterance_is_a_drawing(tmp_path):
     predicted[[201, 250]] = 5  # uw for a frame, twice
     example = {"frames": rng.normal(size=(len(reference), 39)), "reference": reference, "predicted": predicted,
                "title": "one utterance"}
-    figure = monitoring.segments_figure([example], list(monitoring.PHONES), "title")
+    figure = drawing.segments_figure([example], list(drawing.PHONES), "title")
     figure.savefig(tmp_path / "one.png")
     pixels = imread(tmp_path / "one.png")
     assert pixels.shape[0] > 200 and pixels.shape[1] > 1000 and pixels.std() > 0.05

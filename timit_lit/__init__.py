@@ -19,7 +19,7 @@ _EXPORTS = {
     "run": "timit_lit.api",
     "RunResult": "timit_lit.api",
     "main": "timit_lit.cli",
-    "write_synthetic_timit": "timit_lit.synthetic",
+    "write_synthetic_timit": "timit_lit.data.synthetic",
     "InputError": "timit_lit.errors",
     "PHONES": "timit_lit.phones",
 }

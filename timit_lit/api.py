@@ -23,7 +23,6 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from timit_lit.callbacks import CsvPredictionWriter
 from timit_lit.cli import TimitCLI, build_cli, input_error
 from timit_lit.errors import InputError
 from timit_lit.summary import run_checkpoints
@@ -173,7 +172,7 @@ def _result(subcommand: str, cli: TimitCLI) -> RunResult:
         if best_callback is not None and best_callback.monitor and best_callback.best_model_score is not None:
             result.best_score = float(best_callback.best_model_score)
     if subcommand == "predict":
-        writer = next(cb for cb in trainer.callbacks if isinstance(cb, CsvPredictionWriter))
+        writer = cli.forced_callback("prediction")
         result.prediction_path = writer.output_path
         result.predictions = writer.written
     return result

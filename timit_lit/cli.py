@@ -39,12 +39,14 @@ from timit_lit.callbacks import (
     ValidationFigures,
     ViterbiEvaluation,
 )
+from timit_lit.callbacks.connect import EVALUATIONS, connect_evaluations
 from timit_lit.checkpoints import ckpt_path_best, ckpt_path_hpc, ckpt_path_last, logger_version, one_line_parse_errors, read_checkpoint
 from timit_lit.data import TimitDataModule
 from timit_lit.default_logger import default_logger, first_logger, make_default_logger, uses_default_logger
 from timit_lit.errors import InputError, option_error_line
 from timit_lit.lightning_api import CheckpointHparamsCLI, checkpoint_logged_step, set_logged_step, set_subcommand_help
 from timit_lit.models import CheckpointEnsemble, PhoneModel, RecurrentPhoneClassifier
+from timit_lit.models.base import STATISTICS_BUFFERS
 from timit_lit.models.ensemble import ensemble_data_settings
 from timit_lit.runtime import process_group_left_on_exit, quiet_known_warnings, return_large_buffers_to_the_os
 from timit_lit.summary import fit_summary
@@ -241,7 +243,14 @@ class TimitCLI(CheckpointHparamsCLI):
         trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
         if trainer.get("logger") in (None, True) and not trainer.get("barebones"):
             kwargs.setdefault("logger", make_default_logger(trainer.get("default_root_dir"), version=SLURMEnvironment.job_id()))
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        connect_evaluations({key: self.forced_callback(key) for key in (*EVALUATIONS, "prediction")}, trainer,
+                            predicting=self.subcommand == "predict")
+        return trainer
+
+    def forced_callback(self, key: str) -> Callback:
+        """The forced callback of the CLI group ``key`` (``prediction``, ``decoding``, ...), as in the Trainer's callbacks."""
+        return (self.config_init[self.subcommand] if self.subcommand else self.config_init)[key]
 
     def after_instantiate_classes(self) -> None:
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
@@ -253,6 +262,8 @@ class TimitCLI(CheckpointHparamsCLI):
             return
         path, saved = self._checkpoint[0], self._checkpoint[1]["state_dict"]
         for name, tensor in self.model.state_dict().items():
+            if name.rsplit(".", 1)[-1] in STATISTICS_BUFFERS and name not in saved:
+                continue  # a checkpoint from before they were buffers (PhoneModel.on_load_checkpoint)
             if name not in saved or saved[name].shape != tensor.shape:
                 found = tuple(saved[name].shape) if name in saved else "missing"
                 raise InputError(

@@ -22,20 +22,17 @@ recognised where there is no such doubt, and ``errors_at_boundary`` which share 
 wrong frames lies on a boundary.
 
 Segments: the stretches of consecutive rows of one utterance that a split holds, as
-offsets (:func:`timit_lit.data.utterances.segment_offsets`): whole utterances, except that a
+offsets (:meth:`timit_lit.data.row_space.RowSpace.segments`): whole utterances, except that a
 ``split: contiguous`` cut inside an utterance makes two segments of it. A segment's edges
 are not phone boundaries, and its PER is counted against its own frames' reference.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 from torchmetrics.functional.text import word_error_rate
 
-from timit_lit.data.utterances import segment_offsets, utterance_starts
 
 
 def _numpy(values) -> np.ndarray:
@@ -89,16 +86,3 @@ def boundary_accuracy(predictions, labels, offsets) -> dict[str, float]:
     if not correct.all():
         result["errors_at_boundary"] = float(boundary[~correct].mean())
     return result
-
-
-def dataset_starts(dataset, datamodule=None) -> Optional[np.ndarray]:
-    """The utterance starts of the file a split's dataset reads, from the data module, which
-    recovers them once (None where utterances cannot be told: rows that are not
-    ``timit_11``-style spliced frames, or a shuffled file read in its own order)."""
-    try:
-        if hasattr(datamodule, "utterance_starts") and getattr(dataset, "file", None):
-            return datamodule.utterance_starts(dataset.file)
-        starts = getattr(dataset.features, "starts", None)  # ContextWindows know them
-        return starts if starts is not None else utterance_starts(dataset.features)
-    except ValueError:
-        return None

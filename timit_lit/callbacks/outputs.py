@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -13,8 +15,8 @@ class EvaluationOutputs(pl.Callback):
     (:class:`~timit_lit.callbacks.PhoneErrorEvaluation`, the classes) and Viterbi decoding
     (:class:`~timit_lit.callbacks.ViterbiEvaluation`, the log posteriors, kept only when it
     asks). They stay on the device (no wait on a step) until the epoch's end, and are freed
-    when the evaluation ends. Not kept in the sanity check. An evaluation attaches the one
-    collector of its Trainer with :meth:`attach`.
+    when the evaluation ends. Not kept in the sanity check. The CLI gives one collector to
+    all the evaluations (their ``outputs``) and to the Trainer; each attaches it with :meth:`attach`.
     """
 
     def __init__(self):
@@ -23,10 +25,11 @@ class EvaluationOutputs(pl.Callback):
         self._log_posteriors: list[torch.Tensor] = []
 
     @classmethod
-    def attach(cls, trainer: pl.Trainer, log_posteriors: bool = False) -> "EvaluationOutputs":
-        """The trainer's collector, added to its callbacks if it has none (call from a
-        callback's ``setup``); ``log_posteriors``: keep those too."""
-        outputs = next((c for c in trainer.callbacks if isinstance(c, cls)), None)
+    def attach(cls, trainer: pl.Trainer, outputs: Optional["EvaluationOutputs"],
+               log_posteriors: bool = False) -> "EvaluationOutputs":
+        """``outputs``, the collector an evaluation was given; or, for one used without the CLI,
+        a collector of its own, added to the trainer's callbacks (call from a callback's
+        ``setup``). ``log_posteriors``: keep those too."""
         if outputs is None:
             outputs = cls()
             trainer.callbacks.append(outputs)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
-from timit_lit.callbacks.outputs import EvaluationOutputs
 from timit_lit.callbacks.viterbi import ViterbiEvaluation
 from timit_lit.decoding import PhoneStatistics, frame_accuracy
 from timit_lit.edit_alignment import frame_edit_counts
@@ -38,6 +36,7 @@ class PhoneDecoding(ViterbiEvaluation):
     """
 
     accuracy_name = "acc_phone_hmm"
+    option = "phone_decoding"
 
     def __init__(self, enabled: bool = False, lm_weight: float = 1.0, insertion_penalty: float = 0.0,
                  prior_weight: float = 0.0, min_duration: int = 1, duration_scale: float = 0.0,
@@ -48,11 +47,6 @@ class PhoneDecoding(ViterbiEvaluation):
         if min_duration < 1 or duration_scale < 0:
             raise InputError(f"phone_decoding.min_duration must be >= 1 and phone_decoding.duration_scale >= 0, "
                              f"got {min_duration} and {duration_scale}")
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """The epoch's log posteriors only: ``decoding`` (always there) counts the phone statistics of every fit."""
-        if self.enabled:
-            self._outputs = EvaluationOutputs.attach(trainer, log_posteriors=True)
 
     def _settings(self) -> dict:
         return {"lm_weight": self.lm_weight, "insertion_penalty": self.insertion_penalty,

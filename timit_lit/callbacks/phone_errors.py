@@ -9,8 +9,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from timit_lit.callbacks.outputs import EvaluationOutputs
-from timit_lit.data.utterances import segment_offsets
-from timit_lit.scoring import boundary_accuracy, dataset_starts, phone_error_rate
+from timit_lit.data.row_space import known_starts
+from timit_lit.scoring import boundary_accuracy, phone_error_rate
 
 
 class PhoneErrorEvaluation(pl.Callback):
@@ -31,7 +31,7 @@ class PhoneErrorEvaluation(pl.Callback):
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._outputs: Optional[EvaluationOutputs] = None
+        self.outputs: Optional[EvaluationOutputs] = None  # shared with the other evaluations (given by the CLI)
         self._segments: dict[str, tuple[object, Optional[np.ndarray]]] = {}  # split: (dataset, its offsets)
         self._warned = False
         self._warned_unscored = False
@@ -41,7 +41,7 @@ class PhoneErrorEvaluation(pl.Callback):
             rank_zero_warn(f"phone_errors: the phone error rate and boundary accuracies need one process; "
                            f"this run has {trainer.world_size}, so none is logged (run validate or test on one device)")
         if self.enabled:
-            self._outputs = EvaluationOutputs.attach(trainer)
+            self.outputs = EvaluationOutputs.attach(trainer, self.outputs)
 
     def _active(self, trainer: pl.Trainer) -> bool:
         return (self.enabled and trainer.world_size == 1 and trainer.state.fn in ("fit", "validate", "test")
@@ -54,17 +54,17 @@ class PhoneErrorEvaluation(pl.Callback):
         self._score(trainer, pl_module, "test", trainer.test_dataloaders)
 
     def _score(self, trainer, pl_module, stage: str, loader) -> None:
-        if not self._active(trainer) or not self._outputs.frames:
+        if not self._active(trainer) or not self.outputs.frames:
             return
-        predictions = self._outputs.classes()
+        predictions = self.outputs.classes()
         dataset = loader.dataset
-        offsets = self._offsets(stage, dataset, getattr(trainer, "datamodule", None))
+        offsets = self._offsets(stage, dataset)
         if offsets is None:
             return
         # With limit_{val,test}_batches the steps cover the first rows only: cut the segments there.
         n = len(predictions)
         offsets = np.append(offsets[offsets < n], n)
-        labels = dataset.labels[self._outputs.rows(dataset)]
+        labels = dataset.labels[self.outputs.rows(dataset)]
         if (labels < 0).any():  # some frames are input only (split labels, test rows inside utterances)
             if not self._warned_unscored:
                 rank_zero_info(f"phone_errors: the {stage} split scores only some frames of its utterances: no phone "
@@ -75,11 +75,10 @@ class PhoneErrorEvaluation(pl.Callback):
         for name, value in boundary_accuracy(predictions, labels, offsets).items():
             pl_module.log(f"{stage}/{name}", value)
 
-    def _offsets(self, stage: str, dataset, datamodule) -> Optional[np.ndarray]:
-        """The segments of ``dataset``'s rows, worked out once per dataset."""
+    def _offsets(self, stage: str, dataset) -> Optional[np.ndarray]:
+        """The segments of ``dataset``'s rows (its ``row_space``), worked out once per dataset."""
         if stage not in self._segments or self._segments[stage][0] is not dataset:
-            starts = dataset_starts(dataset, datamodule)
-            offsets = None if starts is None else segment_offsets(dataset.rows.numpy(), starts)
+            offsets = None if known_starts(dataset) is None else dataset.row_space.segments(dataset.rows.numpy())
             if offsets is None and not self._warned:
                 rank_zero_warn("phone_errors: the utterances of these rows cannot be told (rows not 11 spliced frames "
                                "of 39 features, or not in time order): no phone error rate or boundary accuracy")

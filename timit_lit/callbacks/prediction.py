@@ -14,8 +14,6 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 
 from timit_lit.atomic import atomic_file
-from timit_lit.callbacks.viterbi import ViterbiEvaluation
-from timit_lit.data.files import TEST_FEATURES
 from timit_lit.errors import InputError, OutputError
 from timit_lit.phones import PHONES
 
@@ -68,7 +66,10 @@ class CsvPredictionWriter(BasePredictionWriter):
 
     Under DDP each process predicts a share of the rows; the row ids travel with the
     predictions, every process gathers all shares, and rank 0 alone writes the files, so
-    1 or N processes give the same bytes.
+    1 or N processes give the same bytes. The row ids are those of the predict dataset's
+    ``row_space``, which says which row of the predicted file each is. Where the CLI gives it
+    a ``decoder`` (the enabled ``decoding`` or ``phone_decoding``), the classes written are
+    the decoded ones rather than each row's most likely class.
 
     Args:
         output_path: where ``predict`` writes the CSV.
@@ -96,11 +97,10 @@ class CsvPredictionWriter(BasePredictionWriter):
         self.posteriors_dtype = np.dtype(posteriors_dtype)
         # The columns of the CSV last written (rank 0), for timit_lit.run to return.
         self.written: Optional[dict[str, np.ndarray]] = None
+        # The enabled decoder (timit_lit.callbacks.ViterbiEvaluation or PhoneDecoding), given by the CLI; None: argmax.
+        self.decoder = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if sum(isinstance(cb, ViterbiEvaluation) and cb.enabled for cb in trainer.callbacks) > 1:
-            raise InputError("decoding.enabled and phone_decoding.enabled are both true: predict writes one decoding "
-                             "of the classes, so enable one of them")
         # On every process (rank 0 writes): all stop together rather than leave the others waiting.
         check_writable(self.output_path, "prediction.output_path")
         if self.posteriors_path is not None:
@@ -112,7 +112,7 @@ class CsvPredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions, batch_indices) -> None:
         ids = torch.cat([p[0] for p in predictions]).cpu().numpy()
         classes = torch.cat([p[1] for p in predictions]).cpu().numpy()
-        decoder = next((cb for cb in trainer.callbacks if isinstance(cb, ViterbiEvaluation) and cb.enabled), None)
+        decoder = self.decoder if self.decoder is not None and self.decoder.enabled else None
         posteriors = None
         if self.posteriors_path is not None or decoder is not None:
             posteriors = torch.cat([p[2] for p in predictions]).cpu().numpy()  # float32 until written
@@ -125,26 +125,24 @@ class CsvPredictionWriter(BasePredictionWriter):
                 posteriors = np.concatenate([share[2] for share in shares])
         if not trainer.is_global_zero:
             return
-        datamodule, dataset = trainer.datamodule, trainer.predict_dataloaders.dataset
-        # ids are row ids of the dataset's row space (the test file, or all files in utterance order).
+        dataset = trainer.predict_dataloaders.dataset
+        space = getattr(dataset, "row_space", None)
+        # ids are row ids of the dataset's row space (the predicted file's, or all files' in utterance order).
         order = np.argsort(ids, kind="stable")
         served = np.sort(dataset.rows.numpy())  # rows, whether batched as rows or utterances
         if not np.array_equal(ids[order], served):
             raise RuntimeError(f"predictions cover {len(np.unique(ids))} distinct of {len(served)} rows ({len(ids)} in all)")
         ids, classes = ids[order], classes[order]
         posteriors = posteriors[order] if posteriors is not None else None
-        space = getattr(dataset, "file", TEST_FEATURES)
-        if decoder is not None:  # Viterbi over the test rows' utterances instead of each row's argmax
+        if decoder is not None:  # decoded over the predicted rows' utterances instead of each row's argmax
             log_posteriors = torch.from_numpy(posteriors.astype(np.float32)).clamp_min(1e-30).log()
-            stats = decoder.statistics(trainer, pl_module)
-            classes = decoder.decode(datamodule, log_posteriors, ids, space, stats, "predict").numpy()
-            known = " with the training rows' given labels taken as known" if decoder.known_labels else ""
-            rank_zero_info(f"Classes decoded with {decoder.description()}{known}")
+            classes = decoder.decode(log_posteriors, ids, space, decoder.statistics(trainer, pl_module)).numpy()
+            rank_zero_info(f"Classes decoded with {decoder.description()}")
         # The predicted file's rows, in its order (rows of other files served as context are left out).
-        predicted = getattr(datamodule, "predict_file", TEST_FEATURES)
-        file_rows = datamodule.file_row_ids(space, ids, predicted) if space != predicted else ids
+        file_rows = space.file_row_ids(ids) if space is not None else ids
         order = np.flatnonzero(file_rows >= 0)[np.argsort(file_rows[file_rows >= 0], kind="stable")]
         if not np.array_equal(file_rows[order], np.arange(len(order))):
+            predicted = space.file if space is not None else "the predicted file"
             raise RuntimeError(f"predictions cover {len(order)} rows of {predicted}, not rows 0..{len(order) - 1} once each")
         columns = [file_rows[order], classes[order]]
         if self.with_phone:

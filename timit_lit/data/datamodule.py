@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-import weakref
+import dataclasses
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -13,24 +12,26 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from timit_lit import synthetic as synthetic_data  # (the module: it imports timit_lit.data for the file format)
+from timit_lit.data import synthetic as synthetic_data
 from timit_lit.data.datasets import UNLABELLED, FrameDataset, UtteranceDataset, keep_batch
-from timit_lit.data.files import (TEST_FEATURES, TEST_LABELS, TRAIN_FEATURES, TRAIN_LABELS, float32_features, load_labels,
-                                  open_features, report)
+from timit_lit.data.device_batches import FeaturesOnDevice, optimizer_batches
+from timit_lit.data.files import TEST_FEATURES, TEST_LABELS, TRAIN_FEATURES, TRAIN_LABELS, report
+from timit_lit.data.folder import DataFolder
+from timit_lit.data.row_links import Utterances
+from timit_lit.data.row_space import RowSpace
 from timit_lit.data.samplers import LengthBucketedOrder
-from timit_lit.data.utterances import ContextWindows, RowsInUtteranceOrder, Utterances, recover_utterances, segment_offsets
+from timit_lit.data.splits import split_rows
+from timit_lit.data.teacher import teacher_posteriors
+from timit_lit.data.utterances import ContextWindows
 from timit_lit.errors import InputError
-
-# The row space of a folder whose utterances are not runs of one file's rows (MLE-bench's
-# shuffled split): all files' rows in utterance order (timit_lit.data.utterances.RowsInUtteranceOrder).
-RECOVERED = "utterance order"
-# Below this mean length (rows per recovered utterance) the rows form no utterances to speak of.
-MIN_MEAN_UTTERANCE = 3.0
 
 
 class TimitDataModule(pl.LightningDataModule):
     """The HW2-1 files: ``train_11.npy`` + ``train_label_11.npy`` (fit, validate),
     ``test_11.npy`` (predict) and, where it exists, ``test_label_11.npy`` (test).
+
+    ``setup`` builds each stage's :class:`~timit_lit.data.row_space.RowSpace` (what its row
+    ids are) and its datasets, which carry it (``dataset.row_space``).
 
     Args:
         data_dir: folder holding the ``*_11.npy`` files.
@@ -68,7 +69,7 @@ class TimitDataModule(pl.LightningDataModule):
             padding (measured by ``benchmarks/recurrent.py --data``: docs/sequence-models.md).
             It changes the order of training, so it is off by default.
         features_on_device: copy the features and labels to the accelerator once
-            (float32: 2.1 GB for the course's training set) and cut batches there, so
+            (float32: docs/speed.md has the course's sizes) and cut batches there, so
             that only row ids cross to the device per step. On a CPU it changes
             nothing but where batches are cut.
         soft_targets: a ``.npy`` of a teacher's class posteriors for every row of
@@ -137,178 +138,28 @@ class TimitDataModule(pl.LightningDataModule):
             if rank_zero_only.rank == 0:
                 report(f"{self.data_dir}: writing a generated TIMIT-shaped set there (data.synthetic true)")
             synthetic_data.write_synthetic_timit(self.data_dir)
-        self._say_if_generated(synthetic)
-        # The model's input width comes from the data; reading an .npy header is cheap.
-        if not self.data_dir.is_dir():
-            raise InputError(f"{self.data_dir}: data folder not found (expected {TRAIN_FEATURES}, {TRAIN_LABELS}, {TEST_FEATURES})")
-        first = next((self.data_dir / n for n in (TRAIN_FEATURES, TEST_FEATURES) if (self.data_dir / n).exists()), None)
-        if first is None:
-            raise InputError(f"{self.data_dir}: neither {TRAIN_FEATURES} nor {TEST_FEATURES} is there")
-        width = int(open_features(first).shape[1])
+        if rank_zero_only.rank == 0:
+            synthetic_data.say_if_generated(self.data_dir, synthetic)
+        self.folder = DataFolder(self.data_dir, num_classes, self.cache_dir)
+        # The model's input width comes from the data.
+        width = self.folder.width
         if context != 11 and width % 11:
-            raise InputError(f"{first}: rows of {width} features are not 11 spliced frames; context {context} needs them")
+            raise InputError(f"{self.folder.first_file}: rows of {width} features are not 11 spliced frames; context "
+                             f"{context} needs them")
         self.file_width = width
         self.input_dim = width if context == 11 else context * width // 11
         self._loaded: dict[str, FrameDataset] = {}
-        self._on_device: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
-        # Each file's memory map while a dataset or a caller holds it, and no longer: a map's
-        # pages, once read (the finiteness check reads them all), count in this process's
-        # resident memory for as long as the map lives, and ContextWindows copies out what it uses.
-        self._maps: weakref.WeakValueDictionary[str, np.memmap] = weakref.WeakValueDictionary()
-        self._starts: dict[str, np.ndarray] = {}
-        self._utterances: Optional[Utterances] = None
-        self._known: dict[str, np.ndarray] = {}  # split: labels decoding may take as given (timit_lit.decoding)
+        self._on_device = FeaturesOnDevice()
 
-    def _say_if_generated(self, synthetic: bool) -> None:
-        """Generated data never passes for speech: a run on it says so, and warns where its
-        config is one for real data (data.synthetic false)."""
-        generated = synthetic_data.generated_files(self.data_dir)
-        if not generated or rank_zero_only.rank != 0:
-            return
-        what = f"{', '.join(generated)} written by timit_lit.synthetic ({synthetic_data.MARKER})"
-        if synthetic:
-            report(f"{self.data_dir}: generated data, not speech: {what}")
-        else:
-            warnings.warn(f"{self.data_dir} holds GENERATED data, not TIMIT speech: {what}. What this run measures "
-                          f"says nothing about speech. The course's files: README, 'The course data'; generated data "
-                          f"on purpose: --data.synthetic true", UserWarning, stacklevel=2)
+    # The files
 
     def feature_files(self) -> list[str]:
         """The feature files of the folder, in the order their rows are numbered together."""
-        return [name for name in (TRAIN_FEATURES, TEST_FEATURES) if (self.data_dir / name).is_file()]
-
-    def utterances(self) -> Utterances:
-        """The utterances of every feature file of the folder together
-        (:func:`timit_lit.data.utterances.recover_utterances`: rows in any order, an utterance's
-        rows possibly in several files), recovered once, said in one line on stderr, and kept."""
-        if self._utterances is None:
-            files = self.feature_files()
-            self._utterances = recover_utterances([self._features(name) for name in files])
-            if rank_zero_only.rank == 0:
-                report(self._describe(files, self._utterances))
-        return self._utterances
-
-    def _describe(self, files: list[str], found: Utterances) -> str:
-        sizes = ", ".join(f"{name} {n:,}" for name, n in zip(files, np.diff(found.file_starts)))
-        line = (f"{self.data_dir}: {len(files)} files ({sizes} rows): {len(found):,} utterances "
-                f"(mean {len(found.order) / max(len(found), 1):.1f} rows), ")
-        if found.in_file_order:
-            return line + "rows in time order"
-        line += "rows re-ordered into utterances"
-        if TEST_FEATURES in files and TRAIN_FEATURES in files:
-            line += f"; {self.test_rows_among_training():,} test rows sit inside training utterances"
-        return line
-
-    def test_rows_among_training(self) -> int:
-        """How many test rows share an utterance with training rows."""
-        found = self.utterances()
-        files = self.feature_files()
-        if files != [TRAIN_FEATURES, TEST_FEATURES]:
-            return 0
-        utterance = found.utterance_of()
-        n_train = int(found.file_starts[1])
-        has_training = np.zeros(len(found), dtype=bool)
-        has_training[utterance[:n_train]] = True
-        return int(has_training[utterance[n_train:]].sum())
-
-    def require_utterances(self, needed_by: str) -> None:
-        """Stop (InputError) where ``needed_by`` needs utterances and the rows form none."""
-        found = self.utterances()
-        mean = len(found.order) / max(len(found), 1)
-        if mean < MIN_MEAN_UTTERANCE:
-            raise InputError(f"{self.data_dir}: {needed_by} needs utterances, but its rows form none: {len(found):,} "
-                             f"'utterances' of {mean:.1f} rows on average among {len(found.order):,} rows (no row's last "
-                             f"10 frames are another's first 10)")
-
-    @property
-    def reordered(self) -> bool:
-        """Whether the folder's utterances are not runs of one file's rows: its rows are then
-        served in utterance order across files (the row space :data:`RECOVERED`)."""
-        return not self.utterances().in_file_order
-
-    def utterance_starts(self, name: str) -> np.ndarray:
-        """Where the utterances of the row space ``name`` start: a feature file (e.g.
-        ``test_11.npy``) whose rows are in time order, or :data:`RECOVERED` (all files'
-        rows in utterance order), from :meth:`utterances`. The datasets, the decoder and the
-        CSV writer all ask here, with the ``file`` their dataset names."""
-        if name not in self._starts:
-            found = self.utterances()
-            if name == RECOVERED:
-                self._starts[name] = found.offsets
-            else:
-                if not found.in_file_order:
-                    raise InputError(f"{self.data_dir / name}: its rows are not in time order; its utterances exist "
-                                     f"only in the row space {RECOVERED!r}")
-                f = self.feature_files().index(name)
-                first, stop = found.file_starts[f], found.file_starts[f + 1]
-                inside = found.offsets[(found.offsets >= first) & (found.offsets <= stop)]
-                self._starts[name] = (inside - first).astype(np.int64)
-        return self._starts[name]
-
-    def dataset(self, split: str):
-        """The dataset of ``split`` (``train``, ``val``, ``test``, ``predict``) once set up:
-        its ``rows`` (ids in the row space ``file``, in the order served), ``labels`` (by
-        row id, negative where ``split`` scores none) and ``features``."""
-        if split not in self._loaded:
-            raise KeyError(f"the {split} split is not set up (setup() for its stage first)")
-        return self._loaded[split]
-
-    def labelled_segments(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """The labels ``split`` scores, in utterance order, and the offsets of their segments:
-        cut at utterance edges and wherever rows are missing (the split's cuts, unscored
-        rows), so that consecutive labels in a segment are consecutive frames."""
-        dataset = self.dataset(split)
-        rows = dataset.rows.numpy()
-        rows = rows[dataset.labels[rows] >= 0]
-        labels, space = dataset.labels[rows], dataset.file
-        if space != RECOVERED and self.reordered:  # rows of one file, whose utterances span re-ordered files
-            rows = self._positions(RECOVERED, space)[rows]
-            order = np.argsort(rows)
-            rows, labels, space = rows[order], labels[order], RECOVERED
-        return labels, segment_offsets(rows, self.utterance_starts(space))
-
-    def known_labels(self, split: str) -> Optional[np.ndarray]:
-        """The labels, over the row space of ``split``'s dataset (-1 where unknown), that
-        were given for training and so may be taken as known when ``split`` is decoded:
-        for ``val``, those of the rows that train; for ``test`` and ``predict``, every
-        training row's. None where no given label shares that row space."""
-        return self._known.get(split)
-
-    def file_row_ids(self, name: str, rows: np.ndarray, file: str = TEST_FEATURES) -> np.ndarray:
-        """The row of ``file`` of each of ``rows`` (ids in the row space ``name``), -1 for a row of another file."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if name == file:
-            return rows
-        found = self.utterances()
-        f = self.feature_files().index(file)
-        combined = found.order[rows]
-        first, stop = found.file_starts[f], found.file_starts[f + 1]
-        return np.where((combined >= first) & (combined < stop), combined - first, -1)
-
-    def _features(self, name: str) -> np.ndarray:
-        """The float32 memory map of the feature file ``name``, checked when mapped; one map per
-        file while anything holds it (see ``_maps``)."""
-        features = self._maps.get(name)
-        if features is not None:
-            return features
-        path = self.data_dir / name
-        width = open_features(path).shape[1]
-        if width != self.file_width:
-            raise InputError(
-                f"{path}: rows have {width} features, but the data's width is {self.file_width} "
-                f"(train and test files must match)"
-            )
-        features = self._maps[name] = float32_features(path, self.cache_dir)
-        return features
+        return self.folder.feature_files()
 
     def training_labels(self) -> np.ndarray:
         """The training file's labels, every row, in the file's order (read and checked)."""
-        return self._labelled(TRAIN_FEATURES, TRAIN_LABELS)[1]
-
-    def _labelled(self, features_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
-        features = self._features(features_name)
-        labels = load_labels(self.data_dir / labels_name, len(features), self.num_classes, self.data_dir / features_name)
-        return features, labels
+        return self.folder.labels(TRAIN_FEATURES, TRAIN_LABELS)
 
     def prepare_data(self) -> None:
         """Convert float64 features to float32 once per node (Lightning runs this on local rank 0 only)."""
@@ -317,9 +168,13 @@ class TimitDataModule(pl.LightningDataModule):
         if self._needs_utterances(fn in ("fit", "validate")):
             names = self.feature_files()  # utterances are recovered across every file
         for name in names:
-            path = self.data_dir / name
-            if path.is_file() and open_features(path).dtype != np.float32:
-                self._features(name)
+            self.folder.convert(name)
+
+    # The rows' utterances and row spaces
+
+    def utterances(self) -> Utterances:
+        """The utterances of all the folder's rows (:meth:`DataFolder.utterances`)."""
+        return self.folder.utterances()
 
     def _needs_utterances(self, fitting: bool) -> Optional[str]:
         """The option that makes this run read the rows' utterances, if any."""
@@ -330,6 +185,19 @@ class TimitDataModule(pl.LightningDataModule):
         if fitting and self.split == "utterance":
             return "data.split utterance"
         return None
+
+    def file_row_space(self, file: str) -> RowSpace:
+        """The rows of ``file`` in its own order (their utterances recovered when first asked)."""
+        return self.folder.row_space(file)[0]
+
+    def _row_space(self, file: str, needed_by: Optional[str]) -> tuple[RowSpace, object]:
+        space, features = self.folder.row_space(file, needed_by)
+        if space.in_utterance_order and self.features_on_device:
+            raise InputError("data.features_on_device needs rows in time order; this folder's utterances are "
+                             "recovered across re-ordered rows")
+        return space, features
+
+    # The splits' datasets
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self._loaded:
@@ -346,161 +214,77 @@ class TimitDataModule(pl.LightningDataModule):
 
     def _setup_fit(self) -> None:
         needed_by = self._needs_utterances(fitting=True)
-        if needed_by:
-            self.require_utterances(needed_by)
-        space, features, starts = self._space(TRAIN_FEATURES, needed_by is not None)
-        labels = np.full(len(features), -1, dtype=np.int64)
-        labels[self._positions(space, TRAIN_FEATURES)] = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)[1]
-        train, val = self._split(space, labels, starts)
-        source = features if self.context == 11 else ContextWindows(features, self.context, starts)
-        self._known["val"] = np.where(train, labels, -1)
-        teacher = self._teacher(space, len(features)) if self.soft_targets else None
-        self._loaded["train"] = self._dataset("train", space, source, starts, train, labels, teacher)
-        self._loaded["val"] = self._dataset("train", space, source, starts, val, labels)
+        space, features = self._row_space(TRAIN_FEATURES, needed_by)
+        labels = space.by_row_id(TRAIN_FEATURES, self.training_labels(), -1)
+        train, val = split_rows(self.split, labels, self.val_ratio, self.split_seed, space)
+        # Validation may take the labels of the rows that train as given.
+        space = dataclasses.replace(space, given_labels=np.where(train, labels, -1))
+        teacher = None
+        if self.soft_targets:
+            posteriors = teacher_posteriors(Path(self.soft_targets), len(self.folder.features(TRAIN_FEATURES)), self.num_classes)
+            teacher = posteriors if not space.in_utterance_order else space.by_row_id(TRAIN_FEATURES, posteriors, 0.0)
+        source = self._source(space, features)
+        self._loaded["train"] = self._dataset("train", space, source, train, labels, teacher)
+        self._loaded["val"] = self._dataset("train", space, source, val, labels)
 
     def _setup_evaluation(self, split: str, with_labels: bool) -> None:
         """The ``test`` or ``predict`` dataset: every row of the test file (for ``predict``,
         of ``predict_file``) scored (predicted), in its utterances' context where the run
         reads utterances."""
         file = self.predict_file if split == "predict" else TEST_FEATURES
-        needed_by = self._needs_utterances(fitting=False)
-        if needed_by:
-            self.require_utterances(needed_by)
-        space, features, starts = self._space(file, needed_by is not None)
-        scored = np.zeros(len(features), dtype=bool)
-        scored[self._positions(space, file)] = True
-        labels = None
-        if with_labels:
-            labels = np.full(len(features), -1, dtype=np.int64)
-            labels[self._positions(space, TEST_FEATURES)] = self._labelled(TEST_FEATURES, TEST_LABELS)[1]
+        space, features = self._row_space(file, self._needs_utterances(fitting=False))
+        scored = np.zeros(space.n_rows, dtype=bool)
+        scored[space.positions(file)] = True
+        labels = space.by_row_id(TEST_FEATURES, self.folder.labels(TEST_FEATURES, TEST_LABELS), -1) if with_labels else None
         # The training labels may be taken as known when decoding test rows, never the predicted rows' own.
-        if space == RECOVERED and file == TEST_FEATURES and (self.data_dir / TRAIN_LABELS).is_file():
-            known = np.full(len(features), -1, dtype=np.int64)
-            known[self._positions(space, TRAIN_FEATURES)] = self._labelled(TRAIN_FEATURES, TRAIN_LABELS)[1]
-            self._known[split] = known
-        source = features if self.context == 11 else ContextWindows(features, self.context, starts)
-        self._loaded[split] = self._dataset(split, space, source, starts, scored, labels)
+        if space.in_utterance_order and file == TEST_FEATURES and (self.data_dir / TRAIN_LABELS).is_file():
+            space = dataclasses.replace(space, given_labels=space.by_row_id(TRAIN_FEATURES, self.training_labels(), -1))
+        self._loaded[split] = self._dataset(split, space, self._source(space, features), scored, labels)
 
-    def _teacher(self, space: str, n_space: int) -> np.ndarray:
-        """``soft_targets``' posteriors, checked (one distribution per row of the training
-        file), by row id of the row space ``space`` (``n_space`` rows; zeros for rows of other files)."""
-        path = Path(self.soft_targets)
-        n_rows = len(self._features(TRAIN_FEATURES))
-        try:
-            posteriors = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise InputError(f"{path}: data.soft_targets is not a readable .npy array ({error})") from None
-        if posteriors.shape != (n_rows, self.num_classes) or posteriors.dtype.kind != "f":
-            raise InputError(f"{path}: a {posteriors.dtype} array of shape {posteriors.shape}; data.soft_targets needs "
-                             f"{self.num_classes} class posteriors (floats) for each of the {n_rows:,} rows of "
-                             f"{TRAIN_FEATURES}, in its order")
-        chunk_rows = 1 << 16
-        for start in range(0, n_rows, chunk_rows):
-            chunk = np.asarray(posteriors[start : start + chunk_rows], dtype=np.float32)
-            wrong = ~np.isfinite(chunk).all(axis=1) | (chunk < 0).any(axis=1) | (np.abs(chunk.sum(axis=1) - 1) > 1e-2)
-            if wrong.any():
-                raise InputError(f"{path}: row {start + int(np.flatnonzero(wrong)[0])} is not a distribution over the "
-                                 f"classes (values >= 0 that sum to 1)")
-        if space == TRAIN_FEATURES:
-            return posteriors
-        placed = np.zeros((n_space, self.num_classes), dtype=np.float32)
-        placed[self._positions(space, TRAIN_FEATURES)] = posteriors
-        return placed
+    def _source(self, space: RowSpace, features):
+        """What the datasets read by row id: the rows as they are, or windows of ``context`` frames rebuilt."""
+        return features if self.context == 11 else ContextWindows(features, self.context, space.starts)
 
-    def _space(self, file: str, uses_utterances: bool):
-        """``(name, features, starts)`` of the rows a split reads: the file itself, or, where the
-        run reads utterances and the folder's rows are not in time order, all files' rows in
-        utterance order (:data:`RECOVERED`). ``starts`` only where utterances are read."""
-        if uses_utterances and self.reordered:
-            if self.features_on_device:
-                raise InputError("data.features_on_device needs rows in time order; this folder's utterances are "
-                                 "recovered across re-ordered rows")
-            found = self.utterances()
-            features = RowsInUtteranceOrder([self._features(name) for name in self.feature_files()], found)
-            return RECOVERED, features, found.offsets
-        return file, self._features(file), self.utterance_starts(file) if uses_utterances else None
-
-    def _positions(self, space: str, file: str) -> np.ndarray:
-        """Where each row of ``file`` sits in the row space ``space``."""
-        if space == file:
-            return np.arange(len(self._features(file)))
-        found = self.utterances()
-        position = np.empty(len(found.order), dtype=np.int64)
-        position[found.order] = np.arange(len(found.order))
-        f = self.feature_files().index(file)
-        return position[found.file_starts[f] : found.file_starts[f + 1]]
-
-    def _split(self, space: str, labels: np.ndarray, starts: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Which labelled rows of the space train and which validate (two boolean masks)."""
-        labelled = labels >= 0
-        n_labelled = int(labelled.sum())
-        if self.split == "contiguous":
-            if space == RECOVERED:
-                raise InputError(f"{self.data_dir}: data.split contiguous needs rows in time order; these were re-ordered "
-                                 f"into utterances: use data.split labels (or utterance)")
-            in_val = np.arange(len(labels)) >= int(n_labelled * (1 - self.val_ratio))  # the notebook's rounding
-        elif self.split == "labels":
-            rows = np.flatnonzero(labelled)
-            chosen = np.random.default_rng(self.split_seed).permutation(len(rows))[: int(round(self.val_ratio * len(rows)))]
-            in_val = np.zeros(len(labels), dtype=bool)
-            in_val[rows[chosen]] = True
-        else:
-            utterance = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
-            lengths = np.bincount(utterance[labelled], minlength=len(starts) - 1)
-            order = np.random.default_rng(self.split_seed).permutation(len(lengths))
-            # Utterances in a random order until they hold val_ratio of the labelled rows.
-            n_val = int(np.searchsorted(np.cumsum(lengths[order]), self.val_ratio * n_labelled)) + 1 if self.val_ratio else 0
-            is_val = np.zeros(len(lengths), dtype=bool)
-            is_val[order[:n_val]] = True
-            in_val = is_val[utterance]
-        return labelled & ~in_val, labelled & in_val
-
-    def _dataset(self, key: str, space: str, features, starts: Optional[np.ndarray], scored: np.ndarray,
-                 labels: Optional[np.ndarray], teacher: Optional[np.ndarray] = None):
-        """A dataset of the rows ``scored`` (a mask over the row space ``space``), each with
-        its label (from ``labels``; row ids where None, in ``predict``): rows, or utterances, as
+    def _dataset(self, key: str, space: RowSpace, features, scored: np.ndarray, labels: Optional[np.ndarray],
+                 teacher: Optional[np.ndarray] = None):
+        """A dataset of the rows ``scored`` (a mask over ``space``'s row ids), each with its
+        label (from ``labels``; row ids where None, in ``predict``): rows, or utterances, as
         ``batch_by`` says. Utterances are served whole, unscored rows (test rows, held-out
-        labels) carrying :data:`UNLABELLED`, where other rows share them (``split: labels``, or a
-        re-ordered folder); as the scored rows' stretches otherwise. Each dataset names its
-        row space (``dataset.file``), so that what needs its utterances asks
-        :meth:`utterance_starts`; with ``features_on_device`` on an accelerator, the file
-        is copied there once and the dataset serves row ids."""
+        labels) carrying :data:`UNLABELLED`, where other rows share them (``split: labels``, or
+        all files' rows in utterance order); as the scored rows' stretches otherwise. With
+        ``features_on_device`` on an accelerator, the features are copied there once and the
+        dataset serves row ids."""
         rows = np.flatnonzero(scored)
         if self.batch_by == "utterances":
-            if space == RECOVERED or self.split == "labels":
-                utterance = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+            if space.in_utterance_order or self.split == "labels":
+                utterance = np.repeat(np.arange(len(space.starts) - 1), np.diff(space.starts))
                 rows = np.flatnonzero(np.isin(utterance, utterance[rows]))
             if labels is not None:
                 labels = np.where(scored, labels, UNLABELLED)
-            dataset = UtteranceDataset(features, labels, rows, starts, teacher)
-        else:
-            dataset = self._frames(key, features, labels, rows)
-        dataset.file = space
-        return dataset
+            return UtteranceDataset(features, labels, rows, space, teacher)
+        if self.features_on_device:  # (on a CPU this keeps the memory map as it is)
+            device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+            self._on_device.add(key, features, labels, device)
+        return FrameDataset(features, labels, rows, ids_only=self.features_on_device, row_space=space)
 
-    def _frames(self, key: str, features, labels: Optional[np.ndarray], rows: np.ndarray) -> "FrameDataset":
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        on_device = self.features_on_device
-        if on_device and key not in self._on_device:  # (on a CPU this keeps the memory map as it is)
-            with warnings.catch_warnings():  # the map is read-only, and so are the tensors read from it
-                warnings.filterwarnings("ignore", message=".*not writable.*")
-                self._on_device[key] = (
-                    torch.from_numpy(features).to(device) if isinstance(features, np.ndarray) else features.to(device),
-                    torch.from_numpy(labels).to(device) if labels is not None else None,
-                )
-        return FrameDataset(features, labels, rows, ids_only=on_device)
+    def dataset(self, split: str):
+        """The dataset of ``split`` (``train``, ``val``, ``test``, ``predict``) once set up:
+        its ``rows`` (ids in its ``row_space``, in the order served), ``labels`` (by row id,
+        negative where ``split`` scores none) and ``features``."""
+        if split not in self._loaded:
+            raise KeyError(f"the {split} split is not set up (setup() for its stage first)")
+        return self._loaded[split]
+
+    # The loaders
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """On the device: cut batches from the resident features, and split a training batch
         into the model's ``steps_per_call`` optimizer batches."""
         if self._on_device:
             stage = self.trainer.state.stage
-            file = "test" if stage == "test" else "predict" if stage == "predict" else "train"
-            features, labels = self._on_device[file]
-            batch = (features[batch], labels[batch] if labels is not None else batch)
+            batch = self._on_device.batch("test" if stage == "test" else "predict" if stage == "predict" else "train", batch)
         if self.trainer.training and self._steps_per_call() > 1:
-            x, y = batch
-            return list(zip(x.split(self.batch_size), y.split(self.batch_size)))
+            return optimizer_batches(batch, self.batch_size)
         return batch
 
     def _steps_per_call(self) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from timit_lit.data.utterances import segment_offsets
+from timit_lit.data.row_space import RowSpace
 
 
 # The label of a frame that is served as input but scored nowhere (a test row, a held-out label
@@ -23,8 +23,9 @@ class FrameDataset(Dataset):
     memory map instead of one call per row and a collate. Each item is ``(features,
     label)``, or ``(features, row id)`` when there are no labels, so that predictions made
     on several processes can be put back in file order. With ``ids_only`` it serves just
-    the row ids, for features that already sit on the accelerator (see
-    :meth:`TimitDataModule.on_after_batch_transfer`).
+    the row ids, for features that already sit on the accelerator
+    (:class:`timit_lit.data.device_batches.FeaturesOnDevice`). ``row_space`` says what its
+    row ids are (:class:`~timit_lit.data.row_space.RowSpace`), for what scores its rows.
     """
 
     def __init__(
@@ -33,7 +34,9 @@ class FrameDataset(Dataset):
         labels: Optional[np.ndarray],
         rows: Optional[np.ndarray] = None,
         ids_only: bool = False,
+        row_space: Optional[RowSpace] = None,
     ):
+        self.row_space = row_space
         self.features = features  # a feature matrix, or ContextWindows: anything indexed by rows
         self.labels = labels
         self.rows = torch.as_tensor(np.arange(len(features)) if rows is None else rows, dtype=torch.int64)
@@ -67,17 +70,19 @@ class UtteranceDataset(Dataset):
     in the input) and each utterance's real length; with ``teacher`` (class posteriors by
     row id: ``data.soft_targets``) a fourth part, ``utterances x frames x classes``, zeros
     in the padding.
-    ``rows`` and ``labels`` are those of :class:`FrameDataset`: the frames served, in order.
+    ``rows`` and ``labels`` are those of :class:`FrameDataset`: the frames served, in order;
+    the utterances are those of ``row_space``.
     """
 
-    def __init__(self, features, labels: Optional[np.ndarray], rows: np.ndarray, starts: np.ndarray,
+    def __init__(self, features, labels: Optional[np.ndarray], rows: np.ndarray, row_space: RowSpace,
                  teacher: Optional[np.ndarray] = None):
+        self.row_space = row_space
         self.features = features  # a feature matrix or ContextWindows, indexed by row ids
         self.labels = labels
         self.teacher = teacher
         self.rows = torch.as_tensor(rows, dtype=torch.int64)
         # Utterance i is self.rows[offsets[i]:offsets[i+1]].
-        self.offsets = segment_offsets(rows, starts) if len(rows) else np.zeros(1, dtype=np.int64)
+        self.offsets = row_space.segments(rows) if len(rows) else np.zeros(1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
@@ -20,6 +21,33 @@ from timit_lit.lightning_api import is_fitting
 IGNORED = -1
 # The target of a real frame that is input only (UNLABELLED, timit_lit.data.datasets): the loss
 # and the accuracy skip it too, but validation's and test's outputs keep it, for decoding.
+
+# The buffers of the model's state_dict that hold its phone statistics (timit_lit.decoding.PhoneStatistics).
+# float32 counts: exact below 2**24, and left as they are by Lightning's weight averaging, which
+# averages buffers too (an average of equal floats is that float; of integers, it rounds).
+STATISTICS_BUFFERS = ("phone_frames", "phone_initial", "phone_transitions", "phone_smoothing")
+
+
+def statistics_buffers(stats: Optional[PhoneStatistics], num_classes: int) -> dict[str, torch.Tensor]:
+    """The values of :data:`STATISTICS_BUFFERS` for ``stats``; zero counts where there are none."""
+    if stats is None:
+        zeros = np.zeros(num_classes, dtype=np.int64)
+        stats = PhoneStatistics(zeros, zeros, np.zeros((num_classes, num_classes), dtype=np.int64))
+    # Copies (torch.tensor), never views: each buffer has storage of its own.
+    return {"phone_frames": torch.tensor(stats.frames, dtype=torch.float32),
+            "phone_initial": torch.tensor(stats.initial, dtype=torch.float32),
+            "phone_transitions": torch.tensor(stats.transitions, dtype=torch.float32),
+            "phone_smoothing": torch.tensor(stats.smoothing, dtype=torch.float32)}
+
+
+def training_statistics(dataset, num_classes: int) -> PhoneStatistics:
+    """The statistics of the labelled rows of a training ``dataset``, segmented by utterance,
+    at the split's cuts and at unlabelled rows (its ``row_space``), so no transition joins two
+    utterances or the two sides of a cut or a gap."""
+    rows = dataset.rows.numpy()
+    rows = rows[dataset.labels[rows] >= 0]
+    labels, offsets = dataset.row_space.in_utterances(rows, dataset.labels[rows])
+    return PhoneStatistics.estimate(labels, offsets, num_classes)
 
 
 class FrameMean(Metric):
@@ -49,7 +77,9 @@ class PhoneModel(pl.LightningModule):
     """What every network of this project shares: cross-entropy on the labelled frames,
     frame accuracy, epoch-level logging, Adam, predictions as (row id, class,
     posteriors) per frame, so the CSV writer and the decoder never see the network, and
-    the phone statistics of its training split, for the decoder, carried in its checkpoints.
+    the phone statistics of its training split (:attr:`phone_statistics`), which every decoder
+    takes from it: counted when a fit starts, whether decoding is enabled or not, and kept as
+    buffers of its ``state_dict``, so that a checkpoint decodes without the training files.
 
     A subclass builds its network and says, in :meth:`frame_logits`, how a batch becomes
     one row of logits per frame (padding's rows ignored). The CLI takes any subclass as
@@ -76,9 +106,27 @@ class PhoneModel(pl.LightningModule):
         # validate_args=False: the data module has checked the labels, and the checks would read the device.
         self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.lr = lr
-        # Counted by fit (timit_lit.callbacks.ViterbiEvaluation), saved and read back with the
-        # checkpoint, so that decoding needs no training files; None if not yet known.
-        self.phone_statistics: Optional[PhoneStatistics] = None
+        for name, value in statistics_buffers(None, num_classes).items():
+            self.register_buffer(name, value)
+        # What this fit counted: the buffers' values, kept apart from them while it runs, because
+        # Lightning's weight averaging averages buffers too, from a copy made before the count.
+        self._fit_statistics: Optional[PhoneStatistics] = None
+
+    @property
+    def phone_statistics(self) -> Optional[PhoneStatistics]:
+        """The phone statistics of the training split (:class:`timit_lit.decoding.PhoneStatistics`);
+        None where no fit has counted them (a checkpoint from before they were saved)."""
+        if self._fit_statistics is not None:
+            return self._fit_statistics
+        if int(self.phone_frames.sum()) == 0:
+            return None
+        counts = (getattr(self, name).cpu().double().numpy().astype(np.int64) for name in STATISTICS_BUFFERS[:3])
+        return PhoneStatistics(*counts, float(self.phone_smoothing))
+
+    @phone_statistics.setter
+    def phone_statistics(self, stats: Optional[PhoneStatistics]) -> None:
+        for name, value in statistics_buffers(stats, len(self.phone_frames)).items():
+            getattr(self, name).copy_(value)
 
     def setup(self, stage: str) -> None:
         data = getattr(self.trainer, "datamodule", None)
@@ -92,18 +140,29 @@ class PhoneModel(pl.LightningModule):
             if teacher and not self.distillation_weight > 0:
                 raise InputError(f"data.soft_targets {teacher} is given, but model {type(self).__name__} does not learn "
                                  f"from it (model.distillation_weight 0)")
+            if hasattr(data, "dataset"):  # decoding on or off: any checkpoint of the fit can be decoded later
+                self.phone_statistics = training_statistics(data.dataset("train"), len(self.phone_frames))
+                self._fit_statistics = self.phone_statistics
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Here rather than in the decoder's callback: Lightning skips callbacks' hooks for weights-only checkpoints.
-        if self.phone_statistics is not None:
-            checkpoint[STATISTICS_KEY] = self.phone_statistics.state_dict()
+        # After the callbacks' hooks, so after weight averaging has put its average's state_dict there.
+        if self._fit_statistics is not None:
+            checkpoint["state_dict"].update(statistics_buffers(self._fit_statistics, len(self.phone_frames)))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Lightning restores callbacks' state only when fitting, so the decoder finds them here.
-        # A fit keeps those it has just counted from its own training split.
-        if not is_fitting(self):
+        """Before Lightning loads the ``state_dict``: a fit keeps the statistics it has just
+        counted from its own training split; a checkpoint from before they were buffers, which
+        kept them beside the weights (:data:`~timit_lit.decoding.STATISTICS_KEY`) or not at
+        all, gets them where ``load_state_dict`` finds them (zero counts: not known)."""
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        if is_fitting(self):
+            state.update({name: getattr(self, name).clone() for name in STATISTICS_BUFFERS})
+        elif STATISTICS_BUFFERS[0] not in state:
             saved = checkpoint.get(STATISTICS_KEY)
-            self.phone_statistics = PhoneStatistics.from_state_dict(saved) if saved is not None else None
+            stats = PhoneStatistics.from_state_dict(saved) if saved is not None else None
+            state.update(statistics_buffers(stats, len(self.phone_frames)))
 
     def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, targets)``: one row of class logits per frame of ``batch``, in the batch's
@@ -164,8 +223,8 @@ class PhoneModel(pl.LightningModule):
         return self._evaluate(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """Returns the real frames' logits (float32), which the evaluation callbacks collect
-        (timit_lit.callbacks.outputs) for decoding and phone errors."""
+        """Returns the real frames' logits (float32), which the evaluations that score the whole epoch
+        collect (:class:`~timit_lit.callbacks.outputs.EvaluationOutputs`)."""
         logits, y = self.real_frames(*self._evaluate(batch, "val")[1:])
         if self.batch_by == "rows":  # every row is labelled: counted as is, without reading the device
             self.val_confusion.update(logits, y)
