@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import timit_lit
-from helpers import BASELINE, REPO
 from timit_lit.api import command_line_options
+
+from helpers import BASELINE, REPO
 
 
 def test_options_are_the_command_lines():

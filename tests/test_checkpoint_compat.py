@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from conftest import run_in
+
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 from timit_lit.models.base import STATISTICS_BUFFERS
 

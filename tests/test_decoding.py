@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import BASELINE, FAST, run_in
-from helpers.metrics import independent_metrics
-from timit_lit.callbacks import viterbi
+from timit_lit.callbacks import ViterbiEvaluation, viterbi
 from timit_lit.data import TEST_FEATURES, TRAIN_FEATURES, TRAIN_LABELS, TimitDataModule
-from timit_lit.callbacks import ViterbiEvaluation
-from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, choose_transition_weight, frame_accuracy, viterbi_decode
-from timit_lit.synthetic import NUM_PHONES, write_synthetic_timit
 from timit_lit.data.row_space import segment_offsets
 from timit_lit.data.utterances import utterance_starts
+from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics, choose_transition_weight, frame_accuracy, viterbi_decode
 from timit_lit.models.base import STATISTICS_BUFFERS
+from timit_lit.synthetic import NUM_PHONES, write_synthetic_timit
+
+from helpers import BASELINE, FAST, run_in
+from helpers.metrics import independent_metrics
 
 
 def random_stats(rng, num_phones):

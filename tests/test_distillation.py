@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from helpers import REPO, run_in
-from helpers.shuffled_split import mlebench_split
-from helpers import fails_with
 from timit_lit.data.utterances import utterance_starts
 from timit_lit.models import RecurrentPhoneClassifier
+
+from helpers import REPO, fails_with, run_in
+from helpers.shuffled_split import mlebench_split
 
 SMALL = ["--config", str(REPO / "configs" / "recurrent.yaml"), "--model.hidden_size", "16", "--model.num_layers", "1",
          "--data.batch_size", "4", "--data.eval_batch_size", "5", "--trainer.max_epochs", "1"]

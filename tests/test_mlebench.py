@@ -16,13 +16,14 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from helpers import QUIET, REPO, run_in
-from helpers.shuffled_split import mlebench_split
 from timit_lit.data import TimitDataModule
+from timit_lit.data.utterances import utterance_starts
 from timit_lit.decoding import PhoneStatistics, clamp_known, viterbi_decode
 from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.synthetic import write_synthetic_timit
-from timit_lit.data.utterances import utterance_starts
+
+from helpers import QUIET, REPO, run_in
+from helpers.shuffled_split import mlebench_split
 
 MLEBENCH = str(REPO / "configs" / "mlebench.yaml")
 TINY = ["--model.hidden_size", "16", "--model.num_layers", "1", "--data.batch_size", "4", "--data.eval_batch_size", "5",

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import BASELINE, SHARED, run_in
 from timit_lit.models import PhoneClassifier
 from timit_lit.phones import PHONES
+
+from helpers import BASELINE, SHARED, run_in
 
 
 def test_phone_names_are_the_course_order():

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from timit_lit.data import TimitDataModule
+from timit_lit.data.utterances import utterance_starts
+from timit_lit.models import PhoneClassifier, RecurrentPhoneClassifier
+from timit_lit.scoring import boundary_accuracy, boundary_mask, phone_error_rate, phone_sequences
+
 from helpers import REPO, run_in
 from helpers.metrics import assert_logged, independent_metrics
-from timit_lit.data import TimitDataModule
-from timit_lit.models import PhoneClassifier
-from timit_lit.models import RecurrentPhoneClassifier
-from timit_lit.scoring import boundary_accuracy, boundary_mask, phone_error_rate, phone_sequences
-from timit_lit.data.utterances import utterance_starts
 
 A, B, C, D, X = 0, 1, 2, 3, 4
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torchmetrics.functional.text import word_error_rate
 
-from helpers import REPO, run_in, without_data_summary
 from timit_lit.decoding import PhoneStatistics, viterbi_decode
 from timit_lit.edit_alignment import align, count_edits, frame_edit_counts
 from timit_lit.phone_hmm import PhoneHmm, decode_padded, decode_segments, mean_durations
 from timit_lit.scoring import phone_error_rate
+
+from helpers import REPO, run_in, without_data_summary
 
 
 def random_hmm(rng, num_phones, max_duration=3, lm_weight=1.0, insertion_penalty=0.5, prior_weight=0.7,

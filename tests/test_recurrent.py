@@ -9,9 +9,9 @@ import torch
 from torch.nn import functional as F
 
 from timit_lit.data import LengthBucketedOrder, RowSpace, UtteranceDataset
-from timit_lit.models.base import statistics_buffers, training_statistics
 from timit_lit.data.utterances import utterance_starts
 from timit_lit.models import RecurrentPhoneClassifier
+from timit_lit.models.base import statistics_buffers, training_statistics
 
 from helpers import BASELINE, REPO, run_in
 from helpers.metrics import assert_logged, independent_metrics

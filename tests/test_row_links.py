@@ -6,11 +6,12 @@ import sys
 import numpy as np
 import pytest
 
+from timit_lit.data.row_links import Utterances, chains, recover_utterances
+from timit_lit.data.utterances import utterance_starts
+from timit_lit.synthetic import splice, write_synthetic_timit
+
 from helpers import SHARED
 from helpers.shuffled_split import mlebench_split
-from timit_lit.data.row_links import Utterances, chains, recover_utterances
-from timit_lit.synthetic import splice, write_synthetic_timit
-from timit_lit.data.utterances import utterance_starts
 
 
 def as_sets(utterances: Utterances, source_row: np.ndarray) -> list[tuple[int, ...]]:
@@ -122,7 +123,9 @@ TOOLS = SHARED / "tools"
 @pytest.mark.skipif(not (TOOLS / "mlebench_split.py").is_file(), reason="../shared/tools is not here")
 def test_real_speech_mlebench_split_recovers_the_replica_utterances(tmp_path):
     """A replica subset (real TIMIT speech), re-split by ../shared's copy of MLE-bench's procedure."""
-    run = lambda *args: subprocess.run([sys.executable, *map(str, args)], check=True, capture_output=True)
+    def run(*args):
+        return subprocess.run([sys.executable, *map(str, args)], check=True, capture_output=True)
+
     run(TOOLS / "timit_replica.py", tmp_path / "replica", "--utterances", "120", "--test-utterances", "10")
     run(TOOLS / "mlebench_split.py", tmp_path / "replica", tmp_path / "mlebench")
     files = [np.load(tmp_path / "mlebench" / n, mmap_mode="r") for n in ("train_11.npy", "test_11.npy")]

@@ -11,9 +11,10 @@ from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from helpers import BASELINE, run_in
 from timit_lit import drawing
 from timit_lit.callbacks import monitoring
+
+from helpers import BASELINE, run_in
 
 
 def events(run_dir):

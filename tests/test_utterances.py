@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SHARED
-from timit_lit.synthetic import splice, write_synthetic_timit
 from timit_lit.data.utterances import centre_frames, utterance_frames, utterance_starts, windows, windows_torch
+from timit_lit.synthetic import splice, write_synthetic_timit
+
+from helpers import SHARED
 
 # One-row and two-row utterances between longer ones, and back to back; lengths 3-5, where
 # edge padding fills most of each row.

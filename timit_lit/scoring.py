@@ -34,7 +34,6 @@ import torch
 from torchmetrics.functional.text import word_error_rate
 
 
-
 def _numpy(values) -> np.ndarray:
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 

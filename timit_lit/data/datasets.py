@@ -10,7 +10,6 @@ from torch.utils.data import Dataset
 
 from timit_lit.data.row_space import RowSpace
 
-
 # The label of a frame that is served as input but scored nowhere (a test row, a held-out label
 # inside an utterance); padding's is -1 (timit_lit.models.base.IGNORED).
 UNLABELLED = -2

@@ -11,8 +11,8 @@ from torch.nn import functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 from timit_lit.data.datasets import UNLABELLED  # noqa: F401 (documented beside IGNORED)
+from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 from timit_lit.errors import InputError
 from timit_lit.lightning_api import is_fitting
 
