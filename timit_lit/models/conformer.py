@@ -37,7 +37,9 @@ from timit_lit.models.recurrent import UtterancePhoneModel
 
 
 class ConformerPhoneClassifier(UtterancePhoneModel):
-    """A linear layer from each step's frames to ``d_model`` features, ``num_layers``
+    """A Conformer encoder over whole utterances, per frame phone logits.
+
+    A linear layer from each step's frames to ``d_model`` features, ``num_layers``
     Conformer blocks, then a linear layer to the phone logits of each of the step's frames.
 
     Args:
@@ -60,8 +62,19 @@ class ConformerPhoneClassifier(UtterancePhoneModel):
         frames_per_step: consecutive frames stacked into one encoder step, each frame
             keeping its own logits: ``frames_per_step`` times fewer steps, and attention's
             cost, quadratic in them, falls by its square.
-        label_smoothing, distillation_weight, time_masks, time_mask_frames, feature_masks,
-            feature_mask_dims, phase_average: as :class:`~timit_lit.models.RecurrentPhoneClassifier`'s.
+        label_smoothing: of the training loss (validation and test report plain cross-entropy).
+        distillation_weight: above 0, learn from a teacher's posteriors too (``data.soft_targets``).
+        time_masks: training only: stretches of each utterance's input set to 0, each up to
+            ``time_mask_frames`` frames (SpecAugment's time masks).
+        time_mask_frames: longest time mask, in frames.
+        feature_masks: training only: bands of up to ``feature_mask_dims`` consecutive
+            feature dimensions set to 0 over a whole utterance (SpecAugment's frequency masks).
+        feature_mask_dims: widest feature mask.
+        phase_average: with ``frames_per_step`` k > 1, evaluation and prediction average the
+            posteriors of the k groupings of frames into steps (not saved in checkpoints).
+
+    Each option that the recurrent network shares means the same as
+    :class:`~timit_lit.models.RecurrentPhoneClassifier`'s.
     """
 
     def __init__(
