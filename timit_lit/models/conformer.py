@@ -2,10 +2,10 @@
 
 The recurrent network reads an utterance one step after another; self-attention lets every
 step look at every other at once, so a layer is a few large matrix products over the whole
-batch, parallel over time (which a GPU, and even two CPU cores, use better than a
-recurrence), and a network whose errors differ from the BiLSTM's (ensemble members that
-differ: issue 26). Each block is Gulati et al.'s Conformer (2020, "Conformer:
-Convolution-augmented Transformer for Speech Recognition"), small:
+batch, parallel over time, rather than one small step after another; and it is a network
+whose errors may differ from the BiLSTM's (ensemble members that differ: issue 26). Each
+block is Gulati et al.'s Conformer (2020, "Conformer: Convolution-augmented Transformer
+for Speech Recognition"), small:
 
     x + 1/2 FeedForward -> x + SelfAttention -> x + Convolution -> x + 1/2 FeedForward -> LayerNorm
 
@@ -31,6 +31,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from timit_lit.errors import InputError
 from timit_lit.models.recurrent import UtterancePhoneModel
@@ -199,7 +200,7 @@ class ConvolutionModule(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        h = nn.functional.glu(self.pointwise_in(self.norm_in(h)), dim=2)
+        h = F.glu(self.pointwise_in(self.norm_in(h)), dim=2)
         h = h.masked_fill(padding[:, :, None], 0.0)
         h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)
-        return self.dropout(self.pointwise_out(nn.functional.silu(self.norm(h))))
+        return self.dropout(self.pointwise_out(F.silu(self.norm(h))))
