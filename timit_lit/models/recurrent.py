@@ -1,4 +1,5 @@
-"""A bidirectional recurrent network (LSTM or GRU) over whole utterances.
+"""A bidirectional recurrent network (LSTM or GRU) over whole utterances, and what every
+network over whole utterances shares (:class:`UtterancePhoneModel`).
 
 The MLP sees a fixed window of frames around each one; a bidirectional recurrent layer
 sees the whole utterance, from both ends, and learns how far to look. It needs batches of
@@ -32,7 +33,98 @@ from timit_lit.models.base import IGNORED, PhoneModel
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
-class RecurrentPhoneClassifier(PhoneModel):
+class UtterancePhoneModel(PhoneModel):
+    """What the networks over whole padded utterances share (``data.batch_by: utterances``):
+    their training options (``frames_per_step``, SpecAugment-style masks, label smoothing,
+    distillation, phase averaging), how a padded batch becomes frames' logits with the
+    padding's targets IGNORED, frames stacked into steps, and AdamW with a one-cycle
+    schedule. A subclass builds its network, saves its hyperparameters (``lr``,
+    ``weight_decay``, ``schedule`` and ``warmup`` among them, for the optimizer), and defines
+    ``forward(x, lengths)``: logits ``utterances x frames x classes``, where a padded frame
+    never changes a real frame's logits. The options are documented with
+    :class:`RecurrentPhoneClassifier`."""
+
+    batch_by = "utterances"
+
+    def __init__(self, num_classes: int, lr: float, frames_per_step: int, label_smoothing: float,
+                 distillation_weight: float, time_masks: int, time_mask_frames: int, feature_masks: int,
+                 feature_mask_dims: int, phase_average: bool):
+        super().__init__(num_classes, lr)
+        if frames_per_step < 1:
+            raise InputError(f"model.frames_per_step must be >= 1, got {frames_per_step}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise InputError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 0.0 <= distillation_weight <= 1.0:
+            raise InputError(f"model.distillation_weight must be in [0, 1], got {distillation_weight}")
+        self.label_smoothing, self.distillation_weight = label_smoothing, distillation_weight
+        self.frames_per_step, self.num_classes = frames_per_step, num_classes
+        self.phase_average = phase_average
+        self.masking = InputMasking(time_masks, time_mask_frames, feature_masks, feature_mask_dims)
+
+    def to_steps(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` with every frame past its utterance's end set to 0, so that its last, partly
+        filled step, and any convolution's view past its end, are the same whatever the
+        batch's padding; then ``frames_per_step`` consecutive frames stacked into each step
+        (``utterances x steps x (k * features)``), and each utterance's length in steps."""
+        k, (n_utterances, n_frames, _) = self.frames_per_step, x.shape
+        real = torch.arange(n_frames, device=x.device)[None, :] < lengths[:, None]
+        x = x.masked_fill(~real[:, :, None], 0.0)
+        if k == 1:
+            return x, lengths
+        n_steps = -(-n_frames // k)
+        x = F.pad(x, (0, 0, 0, n_steps * k - n_frames)).reshape(n_utterances, n_steps, -1)
+        return x, (lengths + k - 1) // k
+
+    def to_frames(self, logits: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """Each step's ``frames_per_step x classes`` logits as its frames' own rows:
+        ``utterances x n_frames x classes``."""
+        return logits.reshape(logits.shape[0], -1, self.num_classes)[:, :n_frames]
+
+    def phase_averaged(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Log of the mean class posteriors of the ``frames_per_step`` groupings of frames into
+        steps, as logits (``utterances x frames x classes``). Grouping ``s`` puts ``s`` zero
+        frames (the features' mean) before each utterance, so its steps start ``s`` frames
+        earlier; those frames' outputs are dropped. Each grouping errs on its own side of the
+        steps' edges; their average smooths that out."""
+        lengths = lengths.to(x.device)
+        total = 0.0
+        for shift in range(self.frames_per_step):
+            logits = self(F.pad(x, (0, 0, shift, 0)), lengths + shift)[:, shift:]
+            total = total + logits.softmax(dim=2)
+        return (total / self.frames_per_step).log()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.weight_decay:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr)
+        if hp.schedule == "constant":
+            return optimizer
+        # Lightning's recipe for OneCycleLR: the whole run's optimizer steps, known only once the trainer has the data.
+        cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches,
+                                                    pct_start=hp.warmup)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
+
+    def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every frame slot of the padded batch, utterance by utterance, frames in time order;
+        the padding's targets are IGNORED (set from ``lengths``, whatever the batch holds there)."""
+        x, targets, lengths = batch[:3]
+        lengths = lengths.to(x.device)
+        padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+        if self.training:
+            x = self.masking(x, lengths)
+        averaged = self.phase_average and self.frames_per_step > 1 and not self.training
+        logits = self.phase_averaged(x, lengths) if averaged else self(x, lengths)
+        return logits.flatten(0, 1), targets.masked_fill(padding, IGNORED).flatten()
+
+    def teacher_posteriors(self, batch):
+        """The teacher's posteriors a training batch of utterances carries as its fourth part
+        (``data.soft_targets``), one row per frame slot as :meth:`frame_logits` gives them."""
+        return batch[3].flatten(0, 1) if len(batch) > 3 else None
+
+
+class RecurrentPhoneClassifier(UtterancePhoneModel):
     """Bidirectional LSTM or GRU layers, then a linear layer to the phone logits, per frame.
 
     Args:
@@ -103,21 +195,11 @@ class RecurrentPhoneClassifier(PhoneModel):
         feature_mask_dims: int = 8,
         phase_average: bool = False,
     ):
-        super().__init__(num_classes, lr)
+        super().__init__(num_classes, lr, frames_per_step, label_smoothing, distillation_weight,
+                         time_masks, time_mask_frames, feature_masks, feature_mask_dims, phase_average)
         self.save_hyperparameters(ignore=["phase_average"])
-        self.phase_average = phase_average
-        if frames_per_step < 1:
-            raise InputError(f"model.frames_per_step must be >= 1, got {frames_per_step}")
         if conv_channels and conv_kernel % 2 == 0:
             raise InputError(f"model.conv_kernel must be odd (the convolution keeps the steps centred), got {conv_kernel}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise InputError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.label_smoothing = label_smoothing
-        if not 0.0 <= distillation_weight <= 1.0:
-            raise InputError(f"model.distillation_weight must be in [0, 1], got {distillation_weight}")
-        self.distillation_weight = distillation_weight
-        self.frames_per_step, self.num_classes = frames_per_step, num_classes
-        self.masking = InputMasking(time_masks, time_mask_frames, feature_masks, feature_mask_dims)
         step_input = frames_per_step * input_dim
         self.front = ConvFrontEnd(step_input, conv_channels, conv_kernel) if conv_channels else None
         widths = [conv_channels or step_input] + [2 * hidden_size] * (num_layers - 1)
@@ -129,17 +211,9 @@ class RecurrentPhoneClassifier(PhoneModel):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits ``utterances x frames x classes`` for padded ``x`` (``utterances x frames x
         features``) of the given real ``lengths``; padded frames' logits mean nothing."""
-        k, (n_utterances, n_frames, _) = self.frames_per_step, x.shape
-        lengths = lengths.to(x.device)
-        if k > 1 or self.front is not None:
-            # Zero every frame past an utterance's end, so that its last, partly filled step,
-            # and the convolution's view past its end, are the same whatever the batch's padding.
-            real = torch.arange(n_frames, device=x.device)[None, :] < lengths[:, None]
-            x = x.masked_fill(~real[:, :, None], 0.0)
-        if k > 1:
-            n_steps = -(-n_frames // k)
-            x = F.pad(x, (0, 0, 0, n_steps * k - n_frames)).reshape(n_utterances, n_steps, -1)
-            lengths = (lengths + k - 1) // k
+        n_frames, lengths = x.shape[1], lengths.to(x.device)
+        if self.frames_per_step > 1 or self.front is not None:
+            x, lengths = self.to_steps(x, lengths)
         h = x if self.front is None else self.front(x)
         reverse = _reversal_index(lengths, h.shape[1])
         for i, (ahead, back) in enumerate(zip(self.forward_layers, self.backward_layers)):
@@ -147,53 +221,7 @@ class RecurrentPhoneClassifier(PhoneModel):
                 h = self.dropout(h)
             h_back = back(_reverse(h, reverse))[0]
             h = torch.cat([ahead(h)[0], _reverse(h_back, reverse)], dim=2)
-        logits = self.head(self.dropout(h))  # utterances x steps x (k * classes)
-        return logits.reshape(n_utterances, -1, self.num_classes)[:, :n_frames]
-
-    def phase_averaged(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Log of the mean class posteriors of the ``frames_per_step`` groupings of frames into
-        steps, as logits (``utterances x frames x classes``). Grouping ``s`` puts ``s`` zero
-        frames (the features' mean) before each utterance, so its steps start ``s`` frames
-        earlier; those frames' outputs are dropped. Each grouping errs on its own side of the
-        steps' edges; their average smooths that out."""
-        lengths = lengths.to(x.device)
-        total = 0.0
-        for shift in range(self.frames_per_step):
-            logits = self(F.pad(x, (0, 0, shift, 0)), lengths + shift)[:, shift:]
-            total = total + logits.softmax(dim=2)
-        return (total / self.frames_per_step).log()
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        if hp.weight_decay:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr)
-        if hp.schedule == "constant":
-            return optimizer
-        # Lightning's recipe for OneCycleLR: the whole run's optimizer steps, known only once the trainer has the data.
-        cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches,
-                                                    pct_start=hp.warmup)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
-
-    def frame_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every frame slot of the padded batch, utterance by utterance, frames in time order;
-        the padding's targets are IGNORED (set from ``lengths``, whatever the batch holds there)."""
-        x, targets, lengths = batch[:3]
-        lengths = lengths.to(x.device)
-        padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
-        if self.training:
-            x = self.masking(x, lengths)
-        averaged = self.phase_average and self.frames_per_step > 1 and not self.training
-        logits = self.phase_averaged(x, lengths) if averaged else self(x, lengths)
-        return logits.flatten(0, 1), targets.masked_fill(padding, IGNORED).flatten()
-
-
-    def teacher_posteriors(self, batch):
-        """The teacher's posteriors a training batch of utterances carries as its fourth part
-        (``data.soft_targets``), one row per frame slot as :meth:`frame_logits` gives them."""
-        return batch[3].flatten(0, 1) if len(batch) > 3 else None
-
+        return self.to_frames(self.head(self.dropout(h)), n_frames)
 
 class ConvFrontEnd(nn.Module):
     """Conv1d over time, GELU, LayerNorm: local patterns of neighbouring steps before the
