@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import run_in
 
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 from timit_lit.models.base import STATISTICS_BUFFERS
+
+from helpers import run_in
 
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_009882e"
 CHECKPOINT = FIXTURE / "mlp_009882e.ckpt"
