@@ -3,7 +3,7 @@
 The recurrent network reads an utterance one step after another; self-attention lets every
 step look at every other at once, so a layer is a few large matrix products over the whole
 batch, parallel over time, rather than one small step after another; and it is a network
-whose errors may differ from the BiLSTM's (ensemble members that differ: issue 26). Each
+whose errors may differ from the BiLSTM's, an ensemble member that differs. Each
 block is Gulati et al.'s Conformer (2020, "Conformer: Convolution-augmented Transformer
 for Speech Recognition"), small:
 
