@@ -39,6 +39,8 @@ FITS = {
     "recurrent + viterbi_recurrent": (["recurrent.yaml", "viterbi_recurrent.yaml"], [*STEPS, *SMALL_RECURRENT]),
     "recurrent + phone_hmm": (["recurrent.yaml", "phone_hmm.yaml"], [*STEPS, *SMALL_RECURRENT]),
     "recurrent + gpu_recurrent": (["recurrent.yaml", "gpu_recurrent.yaml"], [*STEPS, *SMALL_RECURRENT, *ON_CPU]),
+    "conformer": (["conformer.yaml"], [*STEPS, "--model.d_model", "16", "--model.num_heads", "2", "--model.num_layers", "1",
+                                       "--data.batch_size", "4"]),
     "mlebench": (["mlebench.yaml"], [*STEPS, *SMALL_RECURRENT, "--trainer.check_val_every_n_epoch", "1"]),
 }
 
