@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from timit_lit.data.utterances import utterance_starts
@@ -61,6 +62,7 @@ def test_fit_on_two_processes(tiny_data, tmp_path):
     assert not any(tag.startswith(("val/per", "val/acc_")) for tag in events.Tags()["scalars"])
 
 
+@pytest.mark.slow  # the MLP's DDP fit and predict and the bucketed order's agreement stay in the default suite
 def test_recurrent_fit_and_predict_on_two_processes(tiny_data, tmp_path):
     """Utterance batches under DDP: each process takes whole utterances; the CSV is that of one process."""
     recurrent = ["--config", str(REPO / "configs" / "recurrent.yaml"), "--data.data_dir", str(tiny_data),

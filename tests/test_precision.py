@@ -14,7 +14,7 @@ MLP = ["--config", BASELINE, "--data.batch_size", "256", "--model.lr", "0.002"]
 BF16 = ["--trainer.precision", "bf16-mixed"]
 
 
-@pytest.mark.parametrize("network", [RECURRENT, MLP], ids=["recurrent", "mlp"])
+@pytest.mark.parametrize("network", [RECURRENT, pytest.param(MLP, marks=pytest.mark.slow)], ids=["recurrent", "mlp"])
 def test_bf16_mixed_fits_validates_decodes_and_predicts(tiny_data, tmp_path, network, monkeypatch):
     said = []
     monkeypatch.setattr(mlp_module, "rank_zero_info", said.append)

@@ -100,7 +100,7 @@ def test_utterance_batches_hold_whole_utterances_in_row_order(tiny_data):
     assert lengths.tolist() == np.diff(np.clip(starts, rows[0], rows[-1] + 1)).tolist()
 
 
-@pytest.mark.parametrize("context, frames", [(1, slice(195, 234)), (11, slice(None))])
+@pytest.mark.parametrize("context, frames", [(1, slice(195, 234)), pytest.param(11, slice(None), marks=pytest.mark.slow)])
 def test_fit_test_predict_end_to_end(tiny_data, tmp_path, context, frames):
     """Centre frames (the shipped config) and whole 11-frame rows: the input is each row's window."""
     common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.context", str(context),

@@ -31,7 +31,7 @@ def fit(workdir, data, *options: str):
     [
         ["--model.steps_per_call", "5"],  # ~29 batches per epoch: the last call is short and ends ragged
         ["--data.features_on_device", "true"],
-        ["--model.steps_per_call", "8", "--data.features_on_device", "true"],
+        pytest.param(["--model.steps_per_call", "8", "--data.features_on_device", "true"], marks=pytest.mark.slow),
     ],
     ids=["steps_per_call", "features_on_device", "both"],
 )
@@ -195,7 +195,8 @@ def _scalars(workdir):
 
 @pytest.mark.parametrize("options, reason", [
     (["--trainer.gradient_clip_val", "1e6"], "gradient clipping or accumulation is set"),  # never clips: same weights
-    (["--trainer.callbacks+=test_speed.EveryStep"], "EveryStep.on_after_backward must run on every step"),
+    pytest.param(["--trainer.callbacks+=test_speed.EveryStep"], "EveryStep.on_after_backward must run on every step",
+                 marks=pytest.mark.slow),  # the same fallback as gradient_clip_val's, for another reason
 ], ids=["gradient_clip_val", "callback"])
 def test_steps_per_call_auto_falls_back_to_lightning_steps_with_one_info_line(tiny_data, tmp_path, monkeypatch, options,
                                                                              reason):
