@@ -55,7 +55,7 @@ def test_the_guard_names_what_moved(recipe_steps, recipe_data, tmp_path, capsys)
     assert check(recipe_steps, "strong_mlp", recipe_data, tmp_path / "seed", "--seed_everything", "1") == 1
     reseeded = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert any(line.startswith("step 0: inputs is") for line in reseeded), reseeded
-    assert check(recipe_steps, "strong_mlp", recipe_data, tmp_path / "lr", "--model.lr", "0.002") == 1
+    assert check(recipe_steps, "strong_mlp", recipe_data, tmp_path / "lr", "--model.lr", "0.02") == 1
     faster = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert "step 0: lr is" in faster[0] and any(line.startswith("step 1: loss is") for line in faster), faster
     assert not any(" inputs is" in line or " rng is" in line or " targets is" in line for line in faster), faster
