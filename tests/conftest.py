@@ -10,7 +10,7 @@ import torch
 
 from timit_lit.synthetic import write_synthetic_timit
 
-from helpers import BASELINE, FAST, run_in
+from helpers import BASELINE, FAST, FIGURES, run_in
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def trained_run(tiny_data, tmp_path_factory) -> Path:
     """The run folder of a baseline-network fit of 2 epochs on ``tiny_data``."""
     workdir = tmp_path_factory.mktemp("trained")
-    run_in(workdir, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST, "--trainer.max_epochs", "2")
+    run_in(workdir, "fit", "--config", BASELINE, "--data.data_dir", str(tiny_data), *FAST, "--trainer.max_epochs", "2", *FIGURES)
     return workdir / "lightning_logs" / "version_0"
 
 

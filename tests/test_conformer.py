@@ -8,7 +8,7 @@ from torch import nn
 from timit_lit.data.utterances import utterance_starts
 from timit_lit.models import ConformerPhoneClassifier, RecurrentPhoneClassifier
 
-from helpers import REPO, run_in
+from helpers import FIGURES, REPO, run_in
 
 CONFORMER = str(REPO / "configs" / "conformer.yaml")
 SMALL = ["--model.d_model", "16", "--model.num_heads", "2", "--model.num_layers", "2", "--model.conv_kernel", "5",
@@ -100,7 +100,7 @@ def test_fit_test_predict_and_checkpoint_round_trip(tiny_data, tmp_path):
     """The shipped config (shrunk) chosen on validation utterances: the checkpoint rebuilds
     the same network with no config, and test and predict score what it computes."""
     common = ["--config", CONFORMER, "--data.data_dir", str(tiny_data), *SMALL, "--data.val_ratio", "0.2"]
-    cli = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "2")
+    cli = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "2", *FIGURES)
     assert type(cli.model) is ConformerPhoneClassifier and cli.datamodule.batch_by == "utterances"
     assert cli.model.hparams.input_dim == 39 and cli.model.hparams.frames_per_step == 2
     run = tmp_path / "lightning_logs" / "version_0"

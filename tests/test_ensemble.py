@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import BASELINE, FAST, REPO, run_in
+from helpers import BASELINE, FAST, FIGURES, REPO, run_in
 
 ENSEMBLE = str(REPO / "configs" / "ensemble.yaml")
 RECURRENT = str(REPO / "configs" / "recurrent.yaml")
@@ -79,5 +79,5 @@ def test_ensemble_validates_on_its_members_split(tiny_data, tmp_path):
                    "--data.split", "utterance", "--data.split_seed", "3").trainer.callback_metrics
     # No split options given: the ensemble takes its member's.
     ensemble = run_in(tmp_path, "validate", "--config", ENSEMBLE, "--model.checkpoints", f"[{member}]",
-                      "--data.data_dir", str(tiny_data)).trainer.callback_metrics
+                      "--data.data_dir", str(tiny_data), *FIGURES).trainer.callback_metrics
     assert float(ensemble["val/acc"]) == float(alone["val/acc"]) == pytest.approx(float(member[-11:-5]), abs=1e-4)

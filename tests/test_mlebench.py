@@ -22,7 +22,7 @@ from timit_lit.decoding import PhoneStatistics, clamp_known, viterbi_decode
 from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.synthetic import write_synthetic_timit
 
-from helpers import QUIET, REPO, run_in
+from helpers import FIGURES, QUIET, REPO, run_in
 from helpers.shuffled_split import mlebench_split
 
 MLEBENCH = str(REPO / "configs" / "mlebench.yaml")
@@ -91,7 +91,8 @@ def test_predict_gives_each_test_row_its_own_utterance_in_file_order(folders, tm
     """Fit and predict through the CLI on the shuffled files; each test row's posteriors are
     those the same checkpoint gives the row in the ordered file, and the CSV is in test-file order."""
     ordered, shuffled, lengths, train_ids, test_ids = folders
-    run_in(tmp_path, "fit", "--config", MLEBENCH, "--data.data_dir", str(shuffled), *TINY, "--trainer.max_epochs", "1")
+    run_in(tmp_path, "fit", "--config", MLEBENCH, "--data.data_dir", str(shuffled), *TINY, "--trainer.max_epochs", "1",
+           *FIGURES)  # the figures of shuffled rows: segments of recovered utterances
     checkpoint = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
     run_in(tmp_path, "predict", "--config", MLEBENCH, "--data.data_dir", str(shuffled), *TINY, "--ckpt_path", str(checkpoint),
            "--prediction.posteriors_path", str(tmp_path / "shuffled.npy"), "--decoding.enabled", "false")

@@ -13,7 +13,7 @@ from timit_lit.data.utterances import utterance_starts
 from timit_lit.models import RecurrentPhoneClassifier
 from timit_lit.models.base import statistics_buffers, training_statistics
 
-from helpers import BASELINE, REPO, run_in
+from helpers import BASELINE, FIGURES, REPO, run_in
 from helpers.metrics import assert_logged, independent_metrics
 
 RECURRENT = str(REPO / "configs" / "recurrent.yaml")
@@ -105,7 +105,7 @@ def test_fit_test_predict_end_to_end(tiny_data, tmp_path, context, frames):
     """Centre frames (the shipped config) and whole 11-frame rows: the input is each row's window."""
     common = ["--config", RECURRENT, "--data.data_dir", str(tiny_data), *SMALL, "--data.context", str(context),
               "--data.val_ratio", "0.2"]
-    cli = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "2")
+    cli = run_in(tmp_path, "fit", *common, "--trainer.max_epochs", "2", *FIGURES)  # figures of utterance batches
     assert cli.model.hparams.input_dim == 39 * context and cli.datamodule.batch_by == "utterances"
     run = tmp_path / "lightning_logs" / "version_0"
     (best,) = (run / "checkpoints").glob("epoch=*.ckpt")

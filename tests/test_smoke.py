@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import REPO, run_in
+from helpers import FIGURES, REPO, run_in
 from helpers.shuffled_split import mlebench_split
 
 pytestmark = pytest.mark.smoke
@@ -21,7 +21,7 @@ CONFIGS = REPO / "configs"
 # matplotlib's drawing takes longer than the steps; tests/test_tensorboard.py checks the figures).
 STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
          "--figures.enabled", "false"]
-WITH_FIGURES = STEPS[:-2]
+WITH_FIGURES = [*STEPS[:-2], *FIGURES]
 SMALL_RECURRENT = ["--model.hidden_size", "16", "--model.num_layers", "1", "--data.batch_size", "4"]
 # The GPU configs on the CPU: the accelerator overridden, no CUDA graph (tests/test_gpu.py runs them as written).
 ON_CPU = ["--trainer.accelerator", "cpu"]

@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from timit_lit import drawing
 from timit_lit.callbacks import monitoring
 
-from helpers import BASELINE, run_in
+from helpers import BASELINE, FIGURES, run_in
 
 
 def events(run_dir):
@@ -77,7 +77,7 @@ def test_figures_can_be_turned_off_and_no_logger_is_fine(tiny_data, tmp_path):
     run_in(tmp_path, "fit", *common, "--figures.enabled", "false")
     acc = events(tmp_path / "lightning_logs" / "version_0")
     assert acc.Tags()["images"] == [] and "val/acc" in acc.Tags()["scalars"]
-    run_in(tmp_path, "fit", *common, "--figures.utterances", "0")
+    run_in(tmp_path, "fit", *common, *FIGURES, "--figures.utterances", "0")
     acc = events(tmp_path / "lightning_logs" / "version_1")
     assert sorted(acc.Tags()["images"]) == ["val/confusion", "val/phone_acc"]
     # One validation batch of rows: PER and the boundary accuracies of the rows it holds.

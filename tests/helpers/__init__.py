@@ -32,8 +32,18 @@ FAST = ["--data.batch_size", "256", "--model.lr", "0.002"]
 TESTS_PATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
 
 
+# Validation figures off in `fit` and `validate` unless a test turns them on (`--figures.enabled true`,
+# as the tests of the figures and a few runs of each kind of network and data do): matplotlib's
+# drawing takes longer than a tiny fit's steps, about a second per validation epoch.
+NO_FIGURES = ["--figures.enabled", "false"]
+FIGURES = ["--figures.enabled", "true"]
+
+
 def run_in(workdir: Path, *args: str):
-    """``main([...])`` with ``workdir`` as the working directory (runs write ``lightning_logs/`` there)."""
+    """``main([...])`` with ``workdir`` as the working directory (runs write ``lightning_logs/`` there),
+    without validation figures unless ``args`` ask for them (:data:`NO_FIGURES`)."""
+    if args[:1] in (("fit",), ("validate",)):
+        args = (args[0], *NO_FIGURES, *args[1:])
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
