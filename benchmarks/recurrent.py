@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from timit_lit.data import LengthBucketedOrder, RowSpace, UtteranceDataset
 from timit_lit.data.utterances import utterance_starts
 from timit_lit.models import RecurrentPhoneClassifier
+from timit_lit.models.base import IGNORED
 
 
 def seconds_per_step(step, repeats: int) -> float:
@@ -102,9 +103,9 @@ def real_batches(args) -> None:
             x, y, batch_lengths = dataset.__getitems__(indices)
             logits, targets = model.frame_logits((x, y, batch_lengths))
             optimizer.zero_grad()
-            F.cross_entropy(logits, targets).backward()
+            F.cross_entropy(logits, targets, ignore_index=IGNORED).backward()  # the padding's targets
             optimizer.step()
-            frames, computed = frames + len(targets), computed + x.shape[0] * x.shape[1]
+            frames, computed = frames + int(batch_lengths.sum()), computed + x.shape[0] * x.shape[1]  # real frames, padded slots
         elapsed = time.perf_counter() - start
         print(f"{name:17s} {frames / elapsed:8,.0f} real frames/s  (padded batches hold {computed / frames:.2f}x the real frames)")
 
