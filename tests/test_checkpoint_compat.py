@@ -1,49 +1,58 @@
-"""A checkpoint written by an earlier timit_lit loads, decodes and scores as it did there.
+"""A checkpoint in the format from before the phone statistics became buffers loads, decodes and
+scores as the same checkpoint in today's format.
 
-``fixtures/checkpoint_009882e/`` holds a tiny weights-only MLP checkpoint fitted at commit
-009882e on the tests' generated data (``make_fixture.py``, run in a worktree of that commit),
-and what ``predict`` and ``test`` with Viterbi decoding made of it there. Its phone statistics
-are in the format of then: beside the weights, as plain lists.
+Until the row-space redesign a checkpoint kept its phone statistics beside the weights, as
+plain lists under :data:`~timit_lit.decoding.STATISTICS_KEY`; now they are buffers of the
+model's ``state_dict``. The old format is made here from a checkpoint of today's, by moving the
+buffers back beside the weights, rather than kept as a binary file in the repository.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
+from timit_lit.decoding import STATISTICS_KEY
 from timit_lit.models.base import STATISTICS_BUFFERS
 
 from helpers import run_in
 
-FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_009882e"
-CHECKPOINT = FIXTURE / "mlp_009882e.ckpt"
 DECODING = ["--decoding.enabled", "true", "--decoding.transition_weight", "1", "--decoding.prior_weight", "0.5"]
 
 
-def test_the_fixture_is_of_the_old_format():
-    saved = torch.load(CHECKPOINT, weights_only=True)
-    assert STATISTICS_KEY in saved and not set(STATISTICS_BUFFERS) & set(saved["state_dict"])
+def old_format(checkpoint, path):
+    """``checkpoint`` written as before: statistics out of the ``state_dict``, as lists beside it."""
+    saved = torch.load(checkpoint, weights_only=True)
+    buffers = {name: saved["state_dict"].pop(name) for name in STATISTICS_BUFFERS}
+    saved[STATISTICS_KEY] = {"frames": buffers["phone_frames"].long().tolist(),
+                             "initial": buffers["phone_initial"].long().tolist(),
+                             "transitions": buffers["phone_transitions"].long().tolist(),
+                             "smoothing": float(buffers["phone_smoothing"])}
+    torch.save(saved, path)
+    return path
 
 
-def test_a_009882e_checkpoint_predicts_the_same_bytes_and_keeps_its_statistics(tiny_data, tmp_path):
-    out = tmp_path / "decoded.csv"
-    cli = run_in(tmp_path, "predict", "--ckpt_path", str(CHECKPOINT), "--data.data_dir", str(tiny_data), *DECODING,
-                 "--prediction.output_path", str(out))
-    assert out.read_bytes() == (FIXTURE / "predict_viterbi.csv").read_bytes()
-    saved = PhoneStatistics.from_state_dict(torch.load(CHECKPOINT, weights_only=True)[STATISTICS_KEY])
-    loaded = cli.model.phone_statistics  # now buffers of the model's state_dict
+def test_an_old_format_checkpoint_predicts_the_same_bytes_and_keeps_its_statistics(tiny_data, best_checkpoint, tmp_path):
+    old = old_format(best_checkpoint, tmp_path / "old.ckpt")
+    assert not set(STATISTICS_BUFFERS) & set(torch.load(old, weights_only=True)["state_dict"])
+    clis = {}
+    for name, checkpoint in (("new", best_checkpoint), ("old", old)):
+        clis[name] = run_in(tmp_path, "predict", "--ckpt_path", str(checkpoint), "--data.data_dir", str(tiny_data),
+                            *DECODING, "--prediction.output_path", str(tmp_path / f"{name}.csv"))
+    assert (tmp_path / "old.csv").read_bytes() == (tmp_path / "new.csv").read_bytes()
+    loaded, kept = clis["old"].model.phone_statistics, clis["new"].model.phone_statistics
+    assert loaded.frames.sum() > 0  # counted at the fit, not zeros
     for name in ("frames", "initial", "transitions"):
-        assert np.array_equal(getattr(loaded, name), getattr(saved, name)), name
-    assert loaded.smoothing == saved.smoothing
-    assert set(STATISTICS_BUFFERS) <= set(cli.model.state_dict())
+        assert np.array_equal(getattr(loaded, name), getattr(kept, name)), name
+    assert loaded.smoothing == kept.smoothing
+    assert set(STATISTICS_BUFFERS) <= set(clis["old"].model.state_dict())
 
 
-def test_a_009882e_checkpoint_tests_the_same_metrics(tiny_data, tmp_path):
-    cli = run_in(tmp_path, "test", "--ckpt_path", str(CHECKPOINT), "--data.data_dir", str(tiny_data), *DECODING,
-                 "--trainer.logger", "false")
-    metrics = {name: float(value) for name, value in sorted(cli.trainer.callback_metrics.items())}
-    assert metrics == json.loads((FIXTURE / "test_metrics.json").read_text())
+def test_an_old_format_checkpoint_tests_the_same_metrics(tiny_data, best_checkpoint, tmp_path):
+    old = old_format(best_checkpoint, tmp_path / "old.ckpt")
+    metrics = {}
+    for name, checkpoint in (("new", best_checkpoint), ("old", old)):
+        cli = run_in(tmp_path, "test", "--ckpt_path", str(checkpoint), "--data.data_dir", str(tiny_data), *DECODING,
+                     "--trainer.logger", "false")
+        metrics[name] = {key: float(value) for key, value in sorted(cli.trainer.callback_metrics.items())}
+    assert metrics["old"] == metrics["new"] and "test/acc_viterbi" in metrics["new"]
