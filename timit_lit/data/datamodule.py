@@ -13,7 +13,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from timit_lit.data import synthetic as synthetic_data
-from timit_lit.data.datasets import UNLABELLED, FrameDataset, UtteranceDataset, keep_batch
+from timit_lit.data.datasets import TAUGHT, UNLABELLED, FrameDataset, UtteranceDataset, keep_batch
 from timit_lit.data.device_batches import FeaturesOnDevice, optimizer_batches
 from timit_lit.data.files import TEST_FEATURES, TEST_LABELS, TRAIN_FEATURES, TRAIN_LABELS, report
 from timit_lit.data.folder import DataFolder
@@ -21,7 +21,7 @@ from timit_lit.data.row_links import Utterances
 from timit_lit.data.row_space import RowSpace
 from timit_lit.data.samplers import LengthBucketedOrder
 from timit_lit.data.splits import split_rows
-from timit_lit.data.teacher import teacher_posteriors
+from timit_lit.data.teacher import teacher_posteriors, transductive_targets
 from timit_lit.data.utterances import ContextWindows
 from timit_lit.errors import InputError
 
@@ -77,6 +77,16 @@ class TimitDataModule(pl.LightningDataModule):
             --prediction.posteriors_path``), served beside the labels of the training
             utterances for a student to learn from (``model.distillation_weight``;
             ``batch_by: utterances``). Validation never sees them.
+        test_targets: a ``.npy`` of a teacher's class posteriors for every row of
+            ``test_11.npy``, in its order (``predict --prediction.posteriors_path``): fit
+            serves the test file's utterances beside the training ones, their frames learning
+            the teacher's posteriors in place of labels, each frame weighing as a labelled
+            one. The result has learned from the test features: it is transductive
+            (docs/results.md). ``batch_by: utterances``.
+        test_targets_as: ``posteriors``: the teacher's distribution; ``labels``: its most
+            likely class, as a hard pseudo-label.
+        test_targets_confidence: only the test rows whose most likely class has at least this
+            posterior learn (0: every one); the others stay in the input, learning nothing.
         predict_file: the file ``predict`` writes predictions for: ``test_11.npy`` (the
             submission), or ``train_11.npy`` (its rows' posteriors, a teacher's soft targets),
             ``Id`` being the row of that file.
@@ -103,6 +113,9 @@ class TimitDataModule(pl.LightningDataModule):
         bucket_by_length: bool = False,
         features_on_device: bool = False,
         soft_targets: Optional[str] = None,
+        test_targets: Optional[str] = None,
+        test_targets_as: Literal["posteriors", "labels"] = "posteriors",
+        test_targets_confidence: float = 0.0,
         predict_file: Literal["test_11.npy", "train_11.npy"] = "test_11.npy",
     ):
         super().__init__()
@@ -119,6 +132,11 @@ class TimitDataModule(pl.LightningDataModule):
             raise InputError("bucket_by_length sorts utterances into batches: it needs batch_by utterances")
         if soft_targets and batch_by != "utterances":
             raise InputError("data.soft_targets serves a teacher's posteriors with utterances: it needs batch_by utterances")
+        if test_targets and batch_by != "utterances":
+            raise InputError("data.test_targets serves the test utterances with a teacher's posteriors: it needs "
+                             "batch_by utterances")
+        if not 0.0 <= test_targets_confidence <= 1.0:
+            raise InputError(f"data.test_targets_confidence must be in [0, 1], got {test_targets_confidence}")
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -132,6 +150,8 @@ class TimitDataModule(pl.LightningDataModule):
         self.batch_by = batch_by
         self.bucket_by_length = bucket_by_length
         self.soft_targets = soft_targets
+        self.test_targets, self.test_targets_as = test_targets, test_targets_as
+        self.test_targets_confidence = test_targets_confidence
         self.predict_file = predict_file
         self.features_on_device = features_on_device
         if synthetic and not synthetic_data.has_timit_files(self.data_dir):
@@ -190,8 +210,8 @@ class TimitDataModule(pl.LightningDataModule):
         """The rows of ``file`` in its own order (their utterances recovered when first asked)."""
         return self.folder.row_space(file)[0]
 
-    def _row_space(self, file: str, needed_by: Optional[str]) -> tuple[RowSpace, object]:
-        space, features = self.folder.row_space(file, needed_by)
+    def _row_space(self, file: str, needed_by: Optional[str], all_files: bool = False) -> tuple[RowSpace, object]:
+        space, features = self.folder.row_space(file, needed_by, all_files)
         if space.in_utterance_order and self.features_on_device:
             raise InputError("data.features_on_device needs rows in time order; this folder's utterances are "
                              "recovered across re-ordered rows")
@@ -214,18 +234,43 @@ class TimitDataModule(pl.LightningDataModule):
 
     def _setup_fit(self) -> None:
         needed_by = self._needs_utterances(fitting=True)
-        space, features = self._row_space(TRAIN_FEATURES, needed_by)
+        if self.test_targets and not (self.data_dir / TEST_FEATURES).is_file():
+            raise InputError(f"{self.data_dir / TEST_FEATURES}: file not found; data.test_targets teaches its utterances")
+        # With test targets the ids number the test file's rows too (after the training file's, for the course's files).
+        space, features = self._row_space(TRAIN_FEATURES, needed_by, all_files=bool(self.test_targets))
         labels = space.by_row_id(TRAIN_FEATURES, self.training_labels(), -1)
         train, val = split_rows(self.split, labels, self.val_ratio, self.split_seed, space)
         # Validation may take the labels of the rows that train as given.
         space = dataclasses.replace(space, given_labels=np.where(train, labels, -1))
-        teacher = None
-        if self.soft_targets:
-            posteriors = teacher_posteriors(Path(self.soft_targets), len(self.folder.features(TRAIN_FEATURES)), self.num_classes)
-            teacher = posteriors if not space.in_utterance_order else space.by_row_id(TRAIN_FEATURES, posteriors, 0.0)
+        teacher, taught = self._teachers(space)
+        if taught is not None:
+            # Not the test rows inside validation utterances (MLE-bench's): those stay unseen.
+            utterance = np.repeat(np.arange(len(space.starts) - 1), np.diff(space.starts))
+            taught &= ~np.isin(utterance, utterance[val])
+            labels = np.where(taught, TAUGHT, labels)
         source = self._source(space, features)
-        self._loaded["train"] = self._dataset("train", space, source, train, labels, teacher)
+        self._loaded["train"] = self._dataset("train", space, source, train, labels, teacher, taught)
         self._loaded["val"] = self._dataset("train", space, source, val, labels)
+
+    def _teachers(self, space: RowSpace) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """The teachers' posteriors by row id (zeros where none: a row of a file without
+        one), and the test rows that learn from them (``data.test_targets``), a mask by row
+        id; None for what is not given."""
+        soft = None
+        if self.soft_targets:
+            n_rows = len(self.folder.features(TRAIN_FEATURES))
+            soft = teacher_posteriors(Path(self.soft_targets), n_rows, self.num_classes, "data.soft_targets", TRAIN_FEATURES)
+            if not space.in_utterance_order:
+                return soft, None  # the training file's own rows: the memory map as it is
+        if not self.test_targets:
+            return (space.by_row_id(TRAIN_FEATURES, soft, 0.0) if soft is not None else None), None
+        n_rows = len(self.folder.features(TEST_FEATURES))
+        posteriors = teacher_posteriors(Path(self.test_targets), n_rows, self.num_classes, "data.test_targets", TEST_FEATURES)
+        targets, taught = transductive_targets(posteriors, self.test_targets_as, self.test_targets_confidence)
+        teacher = space.by_row_id(TEST_FEATURES, targets, 0.0)
+        if soft is not None:
+            teacher[space.positions(TRAIN_FEATURES)] = soft
+        return teacher, space.by_row_id(TEST_FEATURES, taught, False)
 
     def _setup_evaluation(self, split: str, with_labels: bool) -> None:
         """The ``test`` or ``predict`` dataset: every row of the test file (for ``predict``,
@@ -246,21 +291,23 @@ class TimitDataModule(pl.LightningDataModule):
         return features if self.context == 11 else ContextWindows(features, self.context, space.starts)
 
     def _dataset(self, key: str, space: RowSpace, features, scored: np.ndarray, labels: Optional[np.ndarray],
-                 teacher: Optional[np.ndarray] = None):
+                 teacher: Optional[np.ndarray] = None, taught: Optional[np.ndarray] = None):
         """A dataset of the rows ``scored`` (a mask over ``space``'s row ids), each with its
         label (from ``labels``; row ids where None, in ``predict``): rows, or utterances, as
         ``batch_by`` says. Utterances are served whole, unscored rows (test rows, held-out
         labels) carrying :data:`UNLABELLED`, where other rows share them (``split: labels``, or
         all files' rows in utterance order); as the scored rows' stretches otherwise. With
         ``features_on_device`` on an accelerator, the features are copied there once and the
-        dataset serves row ids."""
+        dataset serves row ids. The test rows ``taught`` (``data.test_targets``) are served too,
+        with their whole utterances, carrying :data:`TAUGHT`."""
         rows = np.flatnonzero(scored)
         if self.batch_by == "utterances":
             if space.in_utterance_order or self.split == "labels":
                 utterance = np.repeat(np.arange(len(space.starts) - 1), np.diff(space.starts))
-                rows = np.flatnonzero(np.isin(utterance, utterance[rows]))
+                served = np.flatnonzero(taught) if taught is not None else []
+                rows = np.flatnonzero(np.isin(utterance, np.concatenate([utterance[rows], utterance[served]])))
             if labels is not None:
-                labels = np.where(scored, labels, UNLABELLED)
+                labels = np.where(scored | (taught if taught is not None else False), labels, UNLABELLED)
             return UtteranceDataset(features, labels, rows, space, teacher)
         if self.features_on_device:  # (on a CPU this keeps the memory map as it is)
             device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")

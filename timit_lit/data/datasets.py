@@ -13,6 +13,9 @@ from timit_lit.data.row_space import RowSpace
 # The label of a frame that is served as input but scored nowhere (a test row, a held-out label
 # inside an utterance); padding's is -1 (timit_lit.models.base.IGNORED).
 UNLABELLED = -2
+# The label of a frame that learns from a teacher's posteriors only (a test row that a fit
+# serves with ``data.test_targets``: transductive); scored nowhere either.
+TAUGHT = -3
 
 
 class FrameDataset(Dataset):
@@ -66,9 +69,10 @@ class UtteranceDataset(Dataset):
     ``utterances x frames`` (labels, or row ids when there are no labels, so predictions
     find their place in the file; -1 in the padding, :data:`UNLABELLED` at frames whose label
     the split does not score: test rows and held-out labels inside an utterance, which stay
-    in the input) and each utterance's real length; with ``teacher`` (class posteriors by
-    row id: ``data.soft_targets``) a fourth part, ``utterances x frames x classes``, zeros
-    in the padding.
+    in the input; :data:`TAUGHT` at test rows that learn a teacher's posteriors) and each
+    utterance's real length; with ``teacher`` (class posteriors by row id:
+    ``data.soft_targets``, ``data.test_targets``) a fourth part, ``utterances x frames x
+    classes``, zeros in the padding.
     ``rows`` and ``labels`` are those of :class:`FrameDataset`: the frames served, in order;
     the utterances are those of ``row_space``.
     """

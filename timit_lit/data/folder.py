@@ -75,14 +75,15 @@ class DataFolder:
                 report(self._describe(files, self._utterances))
         return self._utterances
 
-    def row_space(self, file: str, needed_by: Optional[str] = None) -> tuple[RowSpace, object]:
+    def row_space(self, file: str, needed_by: Optional[str] = None, all_files: bool = False) -> tuple[RowSpace, object]:
         """The row space of a stage for ``file`` and the features by its row ids: ``file``'s own
         rows, or, where the run reads utterances (``needed_by`` names the option that does) and
-        the folder's utterances are not runs of one file's rows, all files' rows in utterance order."""
+        the folder's utterances are not runs of one file's rows or the stage serves ``all_files``'
+        rows, all files' rows in utterance order (for the course's files: file by file)."""
         files = tuple(self.feature_files())
         if needed_by is not None:
             require_utterances(self.utterances(), self.data_dir, needed_by)
-            if not self.utterances().in_file_order:
+            if all_files or not self.utterances().in_file_order:
                 features = RowsInUtteranceOrder([self.features(name) for name in files], self.utterances())
                 return RowSpace(self.data_dir, files, file, True, len(features), folder_utterances=self.utterances), features
         features = self.features(file)

@@ -14,7 +14,7 @@ def split_rows(how: str, labels: np.ndarray, val_ratio: float, seed: int, space:
     labelled = labels >= 0
     n_labelled = int(labelled.sum())
     if how == "contiguous":
-        if space.in_utterance_order:
+        if space.in_utterance_order and not space.utterances.in_file_order:
             raise InputError(f"{space.folder}: data.split contiguous needs rows in time order; these were re-ordered "
                              f"into utterances: use data.split labels (or utterance)")
         in_val = np.arange(len(labels)) >= int(n_labelled * (1 - val_ratio))  # the notebook's rounding
@@ -27,8 +27,10 @@ def split_rows(how: str, labels: np.ndarray, val_ratio: float, seed: int, space:
         starts = space.starts
         utterance = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
         lengths = np.bincount(utterance[labelled], minlength=len(starts) - 1)
-        order = np.random.default_rng(seed).permutation(len(lengths))
-        # Utterances in a random order until they hold val_ratio of the labelled rows.
+        # The utterances with labels (every one, unless the ids number the test file's rows too),
+        # in a random order, until they hold val_ratio of the labelled rows.
+        candidates = np.flatnonzero(lengths)
+        order = candidates[np.random.default_rng(seed).permutation(len(candidates))]
         n_val = int(np.searchsorted(np.cumsum(lengths[order]), val_ratio * n_labelled)) + 1 if val_ratio else 0
         is_val = np.zeros(len(lengths), dtype=bool)
         is_val[order[:n_val]] = True

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from timit_lit.data.datasets import UNLABELLED  # noqa: F401 (documented beside IGNORED)
+from timit_lit.data.datasets import TAUGHT, UNLABELLED  # noqa: F401 (UNLABELLED: documented beside IGNORED)
 from timit_lit.decoding import STATISTICS_KEY, PhoneStatistics
 from timit_lit.errors import InputError
 from timit_lit.lightning_api import is_fitting
@@ -188,16 +188,22 @@ class PhoneModel(pl.LightningModule):
         ``label_smoothing`` (evaluation reports it plain). Lightning's steps and the model's own
         (:class:`~timit_lit.models.train_steps.TrainSteps`) both call this.
 
-        With a ``teacher``'s posteriors (one row per frame, as ``logits``), distillation: that
-        loss weighs ``1 - distillation_weight``, and the cross-entropy against the teacher's
-        posteriors over the same frames the rest (Hinton et al.'s soft targets, temperature 1)."""
-        loss = F.cross_entropy(logits, targets.clamp(min=IGNORED), ignore_index=IGNORED, label_smoothing=self.label_smoothing)
-        if teacher is None or not self.distillation_weight:
-            return loss
-        labelled = (targets >= 0).to(logits.dtype)  # kept on the device: no step reads the count
+        With a ``teacher``'s posteriors (one row per frame, as ``logits``), distillation: on
+        each labelled frame that loss weighs ``1 - distillation_weight``, and the cross-entropy
+        against the teacher's posteriors the rest (Hinton et al.'s soft targets, temperature 1);
+        a :data:`~timit_lit.data.datasets.TAUGHT` frame (a test row, ``data.test_targets``)
+        has the teacher's cross-entropy alone. The mean is over labelled and taught frames."""
+        if teacher is None:
+            return F.cross_entropy(logits, targets.clamp(min=IGNORED), ignore_index=IGNORED,
+                                   label_smoothing=self.label_smoothing)
+        # Sums over the frames, kept on the device: no step reads a count.
+        labels = F.cross_entropy(logits, targets.clamp(min=IGNORED), ignore_index=IGNORED,
+                                 label_smoothing=self.label_smoothing, reduction="sum")
+        labelled, taught = (targets >= 0).to(logits.dtype), (targets == TAUGHT).to(logits.dtype)
         soft = -(teacher.to(logits.dtype) * logits.log_softmax(dim=1)).sum(dim=1)
-        soft = (soft * labelled).sum() / labelled.sum().clamp(min=1)
-        return (1 - self.distillation_weight) * loss + self.distillation_weight * soft
+        w = self.distillation_weight
+        total = (1 - w) * labels + w * (soft * labelled).sum() + (soft * taught).sum()
+        return total / (labelled.sum() + taught.sum()).clamp(min=1)
 
     def teacher_posteriors(self, batch) -> Optional[torch.Tensor]:
         """A teacher's posteriors for each of :meth:`frame_logits`' rows, where the training batch
