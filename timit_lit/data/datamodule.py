@@ -21,7 +21,7 @@ from timit_lit.data.row_links import Utterances
 from timit_lit.data.row_space import RowSpace
 from timit_lit.data.samplers import LengthBucketedOrder
 from timit_lit.data.splits import split_rows
-from timit_lit.data.teacher import teacher_posteriors, transductive_targets
+from timit_lit.data.teacher import teachers_by_row_id
 from timit_lit.data.utterances import ContextWindows
 from timit_lit.errors import InputError
 
@@ -242,7 +242,8 @@ class TimitDataModule(pl.LightningDataModule):
         train, val = split_rows(self.split, labels, self.val_ratio, self.split_seed, space)
         # Validation may take the labels of the rows that train as given.
         space = dataclasses.replace(space, given_labels=np.where(train, labels, -1))
-        teacher, taught = self._teachers(space)
+        teacher, taught = teachers_by_row_id(self.folder, space, self.soft_targets, self.test_targets,
+                                             self.test_targets_as, self.test_targets_confidence)
         if taught is not None:
             # Not the test rows inside validation utterances (MLE-bench's): those stay unseen.
             utterance = np.repeat(np.arange(len(space.starts) - 1), np.diff(space.starts))
@@ -251,26 +252,6 @@ class TimitDataModule(pl.LightningDataModule):
         source = self._source(space, features)
         self._loaded["train"] = self._dataset("train", space, source, train, labels, teacher, taught)
         self._loaded["val"] = self._dataset("train", space, source, val, labels)
-
-    def _teachers(self, space: RowSpace) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-        """The teachers' posteriors by row id (zeros where none: a row of a file without
-        one), and the test rows that learn from them (``data.test_targets``), a mask by row
-        id; None for what is not given."""
-        soft = None
-        if self.soft_targets:
-            n_rows = len(self.folder.features(TRAIN_FEATURES))
-            soft = teacher_posteriors(Path(self.soft_targets), n_rows, self.num_classes, "data.soft_targets", TRAIN_FEATURES)
-            if not space.in_utterance_order:
-                return soft, None  # the training file's own rows: the memory map as it is
-        if not self.test_targets:
-            return (space.by_row_id(TRAIN_FEATURES, soft, 0.0) if soft is not None else None), None
-        n_rows = len(self.folder.features(TEST_FEATURES))
-        posteriors = teacher_posteriors(Path(self.test_targets), n_rows, self.num_classes, "data.test_targets", TEST_FEATURES)
-        targets, taught = transductive_targets(posteriors, self.test_targets_as, self.test_targets_confidence)
-        teacher = space.by_row_id(TEST_FEATURES, targets, 0.0)
-        if soft is not None:
-            teacher[space.positions(TRAIN_FEATURES)] = soft
-        return teacher, space.by_row_id(TEST_FEATURES, taught, False)
 
     def _setup_evaluation(self, split: str, with_labels: bool) -> None:
         """The ``test`` or ``predict`` dataset: every row of the test file (for ``predict``,

@@ -4,9 +4,12 @@ or for the test rows a fit learns from (``data.test_targets``, transductive)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from timit_lit.data.files import TEST_FEATURES, TRAIN_FEATURES
+from timit_lit.data.row_space import RowSpace
 from timit_lit.errors import InputError
 
 CHUNK_ROWS = 1 << 16  # rows checked per read of the memory map
@@ -46,3 +49,25 @@ def transductive_targets(posteriors: np.ndarray, kind: str, confidence: float) -
             chunk = np.eye(chunk.shape[1], dtype=np.float32)[chunk.argmax(axis=1)]
         targets[start : start + len(chunk)] = chunk
     return targets, taught
+
+
+def teachers_by_row_id(folder, space: RowSpace, soft_targets: Optional[str], test_targets: Optional[str],
+                       test_targets_as: str, confidence: float) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The teachers' posteriors by row id of ``space`` (zeros at rows without one) and the test
+    rows that learn from them (``data.test_targets``), a mask by row id; None for what is not
+    given. ``folder`` is the data's :class:`~timit_lit.data.folder.DataFolder`."""
+    soft = None
+    if soft_targets:
+        n_rows = len(folder.features(TRAIN_FEATURES))
+        soft = teacher_posteriors(Path(soft_targets), n_rows, folder.num_classes, "data.soft_targets", TRAIN_FEATURES)
+        if not space.in_utterance_order:
+            return soft, None  # the training file's own rows: the memory map as it is
+    if not test_targets:
+        return (space.by_row_id(TRAIN_FEATURES, soft, 0.0) if soft is not None else None), None
+    n_rows = len(folder.features(TEST_FEATURES))
+    posteriors = teacher_posteriors(Path(test_targets), n_rows, folder.num_classes, "data.test_targets", TEST_FEATURES)
+    targets, taught = transductive_targets(posteriors, test_targets_as, confidence)
+    teacher = space.by_row_id(TEST_FEATURES, targets, 0.0)
+    if soft is not None:
+        teacher[space.positions(TRAIN_FEATURES)] = soft
+    return teacher, space.by_row_id(TEST_FEATURES, taught, False)
