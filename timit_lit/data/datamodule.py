@@ -246,11 +246,11 @@ class TimitDataModule(pl.LightningDataModule):
                                              self.test_targets_as, self.test_targets_confidence)
         if taught is not None:
             # Not the test rows inside validation utterances (MLE-bench's): those stay unseen.
-            utterance = np.repeat(np.arange(len(space.starts) - 1), np.diff(space.starts))
-            taught &= ~np.isin(utterance, utterance[val])
+            taught &= ~np.isin(space.utterance, space.utterance[val])
             labels = np.where(taught, TAUGHT, labels)
+            train = train | taught  # served with their utterances, carrying TAUGHT
         source = self._source(space, features)
-        self._loaded["train"] = self._dataset("train", space, source, train, labels, teacher, taught)
+        self._loaded["train"] = self._dataset("train", space, source, train, labels, teacher)
         self._loaded["val"] = self._dataset("train", space, source, val, labels)
 
     def _setup_evaluation(self, split: str, with_labels: bool) -> None:
@@ -272,23 +272,21 @@ class TimitDataModule(pl.LightningDataModule):
         return features if self.context == 11 else ContextWindows(features, self.context, space.starts)
 
     def _dataset(self, key: str, space: RowSpace, features, scored: np.ndarray, labels: Optional[np.ndarray],
-                 teacher: Optional[np.ndarray] = None, taught: Optional[np.ndarray] = None):
+                 teacher: Optional[np.ndarray] = None):
         """A dataset of the rows ``scored`` (a mask over ``space``'s row ids), each with its
         label (from ``labels``; row ids where None, in ``predict``): rows, or utterances, as
         ``batch_by`` says. Utterances are served whole, unscored rows (test rows, held-out
         labels) carrying :data:`UNLABELLED`, where other rows share them (``split: labels``, or
         all files' rows in utterance order); as the scored rows' stretches otherwise. With
         ``features_on_device`` on an accelerator, the features are copied there once and the
-        dataset serves row ids. The test rows ``taught`` (``data.test_targets``) are served too,
-        with their whole utterances, carrying :data:`TAUGHT`."""
+        dataset serves row ids. Test rows that a fit learns (``data.test_targets``) are scored
+        rows whose label is :data:`TAUGHT`."""
         rows = np.flatnonzero(scored)
         if self.batch_by == "utterances":
             if space.in_utterance_order or self.split == "labels":
-                utterance = np.repeat(np.arange(len(space.starts) - 1), np.diff(space.starts))
-                served = np.flatnonzero(taught) if taught is not None else []
-                rows = np.flatnonzero(np.isin(utterance, np.concatenate([utterance[rows], utterance[served]])))
+                rows = np.flatnonzero(np.isin(space.utterance, space.utterance[rows]))
             if labels is not None:
-                labels = np.where(scored | (taught if taught is not None else False), labels, UNLABELLED)
+                labels = np.where(scored, labels, UNLABELLED)
             return UtteranceDataset(features, labels, rows, space, teacher)
         if self.features_on_device:  # (on a CPU this keeps the memory map as it is)
             device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")

@@ -118,6 +118,11 @@ class RowSpace:
         inside = found.offsets[(found.offsets >= first) & (found.offsets <= stop)]
         return (inside - first).astype(np.int64)
 
+    @cached_property
+    def utterance(self) -> np.ndarray:
+        """The utterance of each row id (an index into :attr:`starts`)."""
+        return np.repeat(np.arange(len(self.starts) - 1), np.diff(self.starts))
+
     def segments(self, rows: np.ndarray) -> np.ndarray:
         """The segments of the sorted row ids ``rows``: their utterances, cut where rows are
         missing (a split's cuts, unscored rows), so that consecutive ids in a segment are

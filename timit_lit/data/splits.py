@@ -24,9 +24,8 @@ def split_rows(how: str, labels: np.ndarray, val_ratio: float, seed: int, space:
         in_val = np.zeros(len(labels), dtype=bool)
         in_val[rows[chosen]] = True
     else:
-        starts = space.starts
-        utterance = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
-        lengths = np.bincount(utterance[labelled], minlength=len(starts) - 1)
+        utterance = space.utterance
+        lengths = np.bincount(utterance[labelled], minlength=len(space.starts) - 1)
         # The utterances with labels (every one, unless the ids number the test file's rows too),
         # in a random order, until they hold val_ratio of the labelled rows.
         candidates = np.flatnonzero(lengths)
