@@ -82,10 +82,15 @@ def test_figures_can_be_turned_off_and_no_logger_is_fine(tiny_data, tmp_path):
     assert sorted(acc.Tags()["images"]) == ["val/confusion", "val/phone_acc"]
     # One validation batch of rows: PER and the boundary accuracies of the rows it holds.
     assert {"val/per", "val/acc_boundary", "val/acc_inner"} <= set(acc.Tags()["scalars"])
-    # Every callback added by the CLI copes with a run that logs nothing.
-    (tmp_path / "no_logger").mkdir()
-    cli = run_in(tmp_path / "no_logger", "fit", *common, "--trainer.logger", "false")
+    # Every callback added by the CLI copes with a run that logs nothing, and the run writes no
+    # config.yaml into the working directory (where a file of the user's own would be overwritten).
+    workdir = tmp_path / "no_logger"
+    workdir.mkdir()
+    (workdir / "config.yaml").write_text("# the user's own\n")
+    cli = run_in(workdir, "fit", *common, "--trainer.logger", "false")
     assert "val/acc" in cli.trainer.callback_metrics
+    assert (workdir / "config.yaml").read_text() == "# the user's own\n"
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.yaml"]
 
 
 def test_throughput_counts_every_row_of_every_process(monkeypatch):

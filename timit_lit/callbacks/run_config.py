@@ -31,7 +31,10 @@ class RunConfig(SaveConfigCallback):
         self._hparams_logged = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "predict":  # predict has no logger (timit_lit.cli), so no run folder to save into
+        # Without a logger (predict, or --trainer.logger false) there is no run folder: Lightning's
+        # log_dir would be default_root_dir, the working directory, where it would overwrite a
+        # config.yaml of the user's own.
+        if stage != "predict" and trainer.loggers:
             super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
