@@ -3,9 +3,14 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from helpers import BASELINE, FAST, REPO, run_in
+
+# A measuring tool's tests (benchmarks/, not the package): four fits and three processes, about
+# 30 s of the default suite's time; run with -m slow.
+pytestmark = pytest.mark.slow
 
 TOOL = [sys.executable, str(REPO / "benchmarks" / "average_checkpoints.py")]
 
