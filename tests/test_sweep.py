@@ -231,7 +231,8 @@ def test_a_study_of_another_metric_or_direction_is_refused(key, text, tiny_data,
     assert load(output).trials == []
 
 
-SHIPPED = [("strong_mlp.yaml", "strong_mlp.yaml"), ("demo.yaml", "demo.yaml"), ("conformer.yaml", "conformer.yaml")]
+SHIPPED = [("strong_mlp.yaml", "strong_mlp.yaml"), ("demo.yaml", "demo.yaml"), ("conformer.yaml", "conformer.yaml"),
+           ("recurrent.yaml", "recurrent.yaml")]
 
 
 def test_the_shipped_spaces_parse_with_their_configs():

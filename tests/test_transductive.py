@@ -59,6 +59,21 @@ def test_the_test_utterances_train_with_the_teachers_posteriors_beside_the_same_
         np.testing.assert_array_equal(part, plain_part)
 
 
+def test_training_rows_keep_their_own_teachers_posteriors_beside_the_test_rows(tiny_data, tmp_path):
+    n_train = len(np.load(tiny_data / "train_11.npy", mmap_mode="r"))
+    np.save(tmp_path / "train_teacher.npy", random_posteriors(n_train, seed=1))
+    test_posteriors = random_posteriors(len(np.load(tiny_data / "test_11.npy", mmap_mode="r")))
+    np.save(tmp_path / "test_teacher.npy", test_posteriors)
+    distilled = data_module(tiny_data, soft_targets=str(tmp_path / "train_teacher.npy"))
+    both = data_module(tiny_data, soft_targets=str(tmp_path / "train_teacher.npy"),
+                       test_targets=str(tmp_path / "test_teacher.npy"))
+
+    _, y, soft = served(both, "train")
+    at_test = y == TAUGHT
+    np.testing.assert_array_equal(soft[at_test], test_posteriors)
+    np.testing.assert_array_equal(soft[~at_test], served(distilled, "train")[2])
+
+
 def test_hard_pseudo_labels_teach_the_confident_rows_only(tiny_data, tmp_path):
     posteriors = random_posteriors(len(np.load(tiny_data / "test_11.npy", mmap_mode="r")), seed=1)
     np.save(tmp_path / "teacher.npy", posteriors)

@@ -56,18 +56,24 @@ def teachers_by_row_id(folder, space: RowSpace, soft_targets: Optional[str], tes
     """The teachers' posteriors by row id of ``space`` (zeros at rows without one) and the test
     rows that learn from them (``data.test_targets``), a mask by row id; None for what is not
     given. ``folder`` is the data's :class:`~timit_lit.data.folder.DataFolder`."""
-    soft = None
+    given = []  # (file, what each of its rows learns, in the file's order)
+    taught = None
     if soft_targets:
         n_rows = len(folder.features(TRAIN_FEATURES))
         soft = teacher_posteriors(Path(soft_targets), n_rows, folder.num_classes, "data.soft_targets", TRAIN_FEATURES)
         if not space.in_utterance_order:
-            return soft, None  # the training file's own rows: the memory map as it is
-    if not test_targets:
-        return (space.by_row_id(TRAIN_FEATURES, soft, 0.0) if soft is not None else None), None
-    n_rows = len(folder.features(TEST_FEATURES))
-    posteriors = teacher_posteriors(Path(test_targets), n_rows, folder.num_classes, "data.test_targets", TEST_FEATURES)
-    targets, taught = transductive_targets(posteriors, test_targets_as, confidence)
-    teacher = space.by_row_id(TEST_FEATURES, targets, 0.0)
-    if soft is not None:
-        teacher[space.positions(TRAIN_FEATURES)] = soft
-    return teacher, space.by_row_id(TEST_FEATURES, taught, False)
+            return soft, None  # the training file's own rows are the ids: the memory map as it is
+        given.append((TRAIN_FEATURES, soft))
+    if test_targets:
+        n_rows = len(folder.features(TEST_FEATURES))
+        posteriors = teacher_posteriors(Path(test_targets), n_rows, folder.num_classes, "data.test_targets",
+                                        TEST_FEATURES)
+        targets, taught_rows = transductive_targets(posteriors, test_targets_as, confidence)
+        given.append((TEST_FEATURES, targets))
+        taught = space.by_row_id(TEST_FEATURES, taught_rows, False)
+    if not given:
+        return None, None
+    teacher = np.zeros((space.n_rows, folder.num_classes), dtype=np.float32)
+    for file, values in given:
+        teacher[space.positions(file)] = values
+    return teacher, taught
