@@ -124,6 +124,37 @@ def test_best_yaml_fits_as_the_best_trial_did(tiny_data, tmp_path):
     assert float(cli.trainer.checkpoint_callback.best_model_score) == pytest.approx(best.value, abs=1e-6)
 
 
+def test_enqueue_config_runs_the_fit_options_values_first_and_once(tiny_data, tmp_path):
+    space, output = write_space(tmp_path), tmp_path / "sweep"
+    configured = [*fit_options(tiny_data), "--model.lr", "0.004", "--model.hidden_sizes", "[32, 16]"]
+    run_in(tmp_path, *sweep_command(space, output, "--trials", "1", "--enqueue-config", *configured))
+    (first,) = load(output).trials
+    assert first.state == TrialState.COMPLETE and first.user_attrs["config"] is True
+    assert first.params == {"model.lr": 0.004, "model.hidden_sizes": "[32, 16]"}
+    ran = yaml.safe_load((output / "trial_0" / "config.yaml").read_text())
+    model = ran["model"]["init_args"]
+    assert model["lr"] == 0.004 and model["hidden_sizes"] == [32, 16]
+    # The same command continued: the values are in the study already, not queued again.
+    run_in(tmp_path, *sweep_command(space, output, "--trials", "2", "--enqueue-config", *configured))
+    study = load(output)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert "config" not in study.trials[1].user_attrs and study.trials[1].params["model.lr"] != 0.004
+
+
+def test_enqueue_config_refuses_values_the_space_does_not_hold(tiny_data, tmp_path, capsys):
+    space, output = write_space(tmp_path), tmp_path / "sweep"
+    # The baseline's own hidden_sizes, [1024, 512, 128], is not among the space's choices.
+    line = fails_with(tmp_path, capsys, *sweep_command(space, output, "--enqueue-config", *fit_options(tiny_data),
+                                                      "--model.lr", "0.004"))
+    assert "space.yaml: space: model.hidden_sizes: --enqueue-config: the fit options' value [1024, 512, 128] " \
+           "is not in the space (choices [16], [32, 16])" in line, line
+    line = fails_with(tmp_path, capsys, *sweep_command(space, output, "--enqueue-config", *fit_options(tiny_data),
+                                                      "--model.hidden_sizes", "[16]"))
+    assert "space.yaml: space: model.lr: --enqueue-config: the fit options' value 0.0001 is not in the space " \
+           "(0.001 to 0.01)" in line, line
+    assert not output.exists(), "nothing written"
+
+
 def test_pruned_trials_stop_keep_their_runs_and_a_rerun_continues(tiny_data, tmp_path):
     space, output = write_space(tmp_path, ALWAYS_PRUNE + SPACE), tmp_path / "sweep"
     command = sweep_command(space, output, "--trials", "2", *fit_options(tiny_data), "--trainer.max_epochs", "4")

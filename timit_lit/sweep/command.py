@@ -1,5 +1,5 @@
 """``python -m timit_lit sweep --space SPACE.yaml [--trials N] [--storage URL] [--study NAME]
-[--output DIR] FIT_OPTIONS...``: one worker of a sweep.
+[--output DIR] [--enqueue-config] FIT_OPTIONS...``: one worker of a sweep.
 
 Each trial is an ordinary ``fit`` (:func:`timit_lit.cli.main`, which hands itself to
 :func:`sweep`: the sweep runs on the command line, and imports none of it) of ``FIT_OPTIONS`` plus the
@@ -9,6 +9,8 @@ Optuna each validation's metric. Any number of workers started with the same com
 one machine, or on several with one database URL) share the study and stop when it has
 ``N`` finished trials; running the command again continues it. A worker ends by printing
 the study's table and writing ``best.yaml`` and the pictures of the search into ``DIR``.
+With ``--enqueue-config`` the study's first trial is the fit options' own values (Optuna's
+``enqueue_trial``): the recipe as configured is a row of the table, beside what the search found.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import yaml
 from optuna.study import MaxTrialsCallback
 
 from timit_lit.default_logger import default_logger
 from timit_lit.errors import InputError
 from timit_lit.sweep.report import TrialReport
-from timit_lit.sweep.results import SURPLUS, counts, table, write_best, write_pictures
+from timit_lit.sweep.results import CONFIG_TRIAL, SURPLUS, counts, table, write_best, write_pictures
 from timit_lit.sweep.space import SearchSpace, fit_arguments, load_space
 from timit_lit.sweep.study import COUNTED, counted, finished, open_storage, open_study, shown_url, taken_before
 
@@ -80,7 +83,7 @@ def parse_command(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                      description="Search fit's options with Optuna: each trial is a fit of FIT_OPTIONS plus the "
                                  "trial's values (docs/sweeps.md).",
                      usage="%(prog)s --space SPACE.yaml [--trials N] [--storage URL] [--study NAME] "
-                           "[--output DIR] [--heartbeat SECONDS] FIT_OPTIONS...")
+                           "[--output DIR] [--heartbeat SECONDS] [--enqueue-config] FIT_OPTIONS...")
     parser.add_argument("--space", required=True, help="the search: metric, direction, pruner, sampler, space")
     parser.add_argument("--trials", type=int, default=20, help="the study's total of finished trials (default 20)")
     parser.add_argument("--storage", help="an Optuna RDB URL (default: sqlite:///DIR/study.db)")
@@ -89,6 +92,9 @@ def parse_command(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--heartbeat", type=int, default=60,
                         help="seconds between a running trial's heartbeats; a trial silent for twice that (its "
                              "worker killed) is marked failed and queued again (default 60)")
+    parser.add_argument("--enqueue-config", action="store_true",
+                        help="queue the fit options' own values of the searched options as a trial (once a study), "
+                             "so the table shows the configured recipe beside the search's")
     args, fit_options = parser.parse_known_args(argv)
     if args.trials < 1 or args.heartbeat < 1:
         raise InputError(f"sweep: --{'trials' if args.trials < 1 else 'heartbeat'} must be at least 1")
@@ -121,6 +127,16 @@ def check_fit_options(space: SearchSpace, fit_options: list[str], output: Path, 
             raise InputError(f"sweep: FIT_OPTIONS: {error}")
         key = key or next(iter(values))
         raise space.error(f"space: {key}", f"fit does not take --{key} {fit_arguments({key: values[key]})[1]}: {error}")
+
+
+def configured_params(space: SearchSpace, fit_options: list[str], fit: Fit) -> dict:
+    """The fit options' own values of the searched options (``fit --print_config``: the config
+    as a fit would run it), as the trial ``--enqueue-config`` queues."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.suppress(SystemExit):
+        fit(["fit", *fit_options, "--print_config"])
+    return space.params_of(yaml.safe_load(out.getvalue()) or {})
 
 
 def _parse_error(fit: Fit, args: list[str]) -> str | None:
@@ -243,9 +259,13 @@ def sweep(argv: list[str], fit: Fit) -> None:
     if TRIAL_ENV in os.environ:
         return trial_process(args, space, name, output, url, fit_options, fit)
     check_fit_options(space, fit_options, output, fit)
+    configured = configured_params(space, fit_options, fit) if args.enqueue_config else None
     if args.storage is None:
         output.mkdir(parents=True, exist_ok=True)
     study = open_study(open_storage(url, args.heartbeat), name, space)
+    if configured is not None:
+        # Once a study: skipped where a trial (queued, run or running) has these values already.
+        study.enqueue_trial(configured, user_attrs={CONFIG_TRIAL: True}, skip_if_exists=True)
     worker = Worker(study, space, args.trials, fit_options, output, shown_url(url), fit)
     worker.run()
     worker.report()

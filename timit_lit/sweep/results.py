@@ -17,6 +17,7 @@ from timit_lit.atomic import atomic_file, atomic_path
 from timit_lit.sweep.space import SearchSpace, as_config
 
 SURPLUS = "surplus"  # user attr of a trial a worker took past the total, then left unrun
+CONFIG_TRIAL = "config"  # user attr of the trial --enqueue-config queued: the fit options' own values
 
 
 def ran(study: optuna.Study) -> list[FrozenTrial]:
@@ -28,6 +29,8 @@ def _state(trial: FrozenTrial) -> str:
     state = trial.state.name.lower()
     if trial.state == TrialState.PRUNED:
         state = f"pruned after {len(trial.intermediate_values)} validations"
+    if trial.user_attrs.get(CONFIG_TRIAL):
+        state += " (the fit options' values)"
     retry = trial.system_attrs.get("failed_trial")  # RetryFailedTrialCallback's: the killed trial's number
     return state if retry is None else f"{state} (retry of {retry})"
 

@@ -89,16 +89,79 @@ class SearchSpace:
         count = max([len(s) for s in samples] + [1])
         return [{d.key: s[i % len(s)] for d, s in zip(self.dimensions, samples)} for i in range(count)]
 
+    def params_of(self, config: dict) -> dict[str, Any]:
+        """The trial a config is, as Optuna stores its parameters: each option's value in
+        ``config`` (a fit's whole config, as ``fit --print_config`` shows it), which the
+        space's distribution must hold, else the key is named."""
+        params = {}
+        for d in self.dimensions:
+            value = _lookup(config, d.key)
+            if value is _MISSING:
+                raise self.error(f"space: {d.key}", "--enqueue-config: the fit options do not set it")
+            held = _held(d, value)
+            if held is _MISSING:
+                raise self.error(f"space: {d.key}", f"--enqueue-config: the fit options' value "
+                                                    f"{_encode(value)} is not in the space ({_described(d)})")
+            params[d.key] = held
+        return params
+
     def error(self, key: str, message: str) -> InputError:
         return InputError(f"{self.path}: {key}: {message}")
+
+
+_MISSING = object()
+
+
+def _lookup(config: dict, key: str) -> Any:
+    """``config``'s value of a dotted option; ``model.lr`` is also ``model: {init_args: {lr:}}``."""
+    node: Any = config
+    for part in key.split("."):
+        if isinstance(node, dict) and part not in node and isinstance(node.get("init_args"), dict):
+            node = node["init_args"]
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _held(d: Dimension, value: Any) -> Any:
+    """``value`` as the parameter Optuna stores for ``d``, or _MISSING where ``d`` cannot draw it."""
+    dist = d.distribution
+    if isinstance(dist, CategoricalDistribution):
+        param = _encode(value) if d.encoded else value
+        same = [c for c in dist.choices if type(c) is type(param) and c == param]
+        return same[0] if same else _MISSING
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _MISSING
+    if isinstance(dist, IntDistribution) and (not isinstance(value, int) or (value - dist.low) % dist.step):
+        return _MISSING
+    if not dist.low <= value <= dist.high:
+        return _MISSING
+    if isinstance(dist, FloatDistribution):
+        if dist.step is not None and abs(round((value - dist.low) / dist.step) * dist.step - (value - dist.low)) > 1e-8:
+            return _MISSING
+        return float(value)
+    return value
+
+
+def _described(d: Dimension) -> str:
+    dist = d.distribution
+    if isinstance(dist, CategoricalDistribution):
+        return "choices " + ", ".join(map(str, dist.choices))
+    step = f" in steps of {dist.step}" if dist.step not in (None, 1) else ""
+    return f"{dist.low} to {dist.high}{step}"
+
+
+def _encode(value: Any) -> str:
+    """A value as one line of YAML flow style: a choice's stored text, an option's command-line value."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 30).removesuffix("\n...\n").strip()
 
 
 def fit_arguments(values: dict[str, Any]) -> list[str]:
     """``--key value`` for each option, as typed on a command line (YAML flow style)."""
     args = []
     for key, value in values.items():
-        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
-        args += [f"--{key}", text.removesuffix("\n...\n").strip()]
+        args += [f"--{key}", value if isinstance(value, str) else _encode(value)]
     return args
 
 
@@ -198,8 +261,7 @@ def _dimension(path: Path, key: Any, spec: Any) -> Dimension:
             raise InputError(f"{where}: choices must be a non-empty list, not {choices!r}")
         encoded = not all(isinstance(c, PLAIN_CHOICE) for c in choices)
         if encoded:
-            choices = [yaml.safe_dump(c, default_flow_style=True, width=1 << 30).removesuffix("\n...\n").strip()
-                       for c in choices]
+            choices = [_encode(c) for c in choices]
         if len(set(map(repr, choices))) < len(choices):
             raise InputError(f"{where}: choices must differ, {spec['choices']!r} repeats one")
         return Dimension(key, CategoricalDistribution(choices), encoded)
