@@ -263,7 +263,7 @@ def sweep(argv: list[str], fit: Fit) -> None:
     if args.storage is None:
         output.mkdir(parents=True, exist_ok=True)
     study = open_study(open_storage(url, args.heartbeat), name, space)
-    if configured is not None:
+    if configured is not None and counted(study) < args.trials:
         # Once a study: skipped where a trial (queued, run or running) has these values already.
         study.enqueue_trial(configured, user_attrs={CONFIG_TRIAL: True}, skip_if_exists=True)
     worker = Worker(study, space, args.trials, fit_options, output, shown_url(url), fit)
