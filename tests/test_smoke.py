@@ -36,6 +36,7 @@ FITS = {
     "baseline + gpu": (["baseline.yaml", "gpu.yaml"], [*ON_CPU, "--model.cuda_graph", "false", *STEPS[:2], *STEPS[4:]]),
     "recurrent": (["recurrent.yaml"], [*STEPS, *SMALL_RECURRENT]),
     "recurrent + recurrent_member": (["recurrent.yaml", "recurrent_member.yaml"], [*STEPS, *SMALL_RECURRENT]),
+    "recurrent + recurrent_swept": (["recurrent.yaml", "recurrent_swept.yaml"], [*STEPS, *SMALL_RECURRENT]),
     "recurrent + viterbi_recurrent": (["recurrent.yaml", "viterbi_recurrent.yaml"], [*STEPS, *SMALL_RECURRENT]),
     "recurrent + phone_hmm": (["recurrent.yaml", "phone_hmm.yaml"], [*STEPS, *SMALL_RECURRENT]),
     "recurrent + gpu_recurrent": (["recurrent.yaml", "gpu_recurrent.yaml"], [*STEPS, *SMALL_RECURRENT, *ON_CPU]),
