@@ -4,13 +4,15 @@
     python benchmarks/ladder.py --data ../data/replica --out ../runs/ladder --gpu    # one GPU
 
 Rungs, in order: ``baseline``, ``strong_mlp`` (+ ``viterbi.yaml``), ``recurrent``
-(+ ``viterbi_recurrent.yaml``), ``recurrent_member`` (``recurrent_member.yaml`` layered on
-``recurrent.yaml``) and ``ensemble`` of the ENSEMBLE_MEMBERS' checkpoints (+ ``viterbi_recurrent.yaml``).
+(+ ``viterbi_recurrent.yaml``), ``recurrent_swept`` (``recurrent_swept.yaml`` layered on
+``recurrent.yaml``; decoded too), ``conformer`` (+ ``viterbi_recurrent.yaml``) and ``ensemble`` of the
+ENSEMBLE_MEMBERS' checkpoints (+ ``viterbi_recurrent.yaml``); ``recurrent_member`` (the earlier
+ensemble's member, ``recurrent_member.yaml`` on ``recurrent.yaml``) when asked for.
 ``--rungs`` picks some (an ensemble needs its members' rungs in the same run). Each command is a fresh ``python -m timit_lit``-equivalent
 process, timed from start to exit; its metrics come back as JSON on its last line
-(decoded rungs report ``test/acc_viterbi``). With
-``--gpu`` the MLP rungs also layer ``configs/gpu.yaml`` (the same training, faster); the
-recurrent rung runs on the GPU as it is. ``--fit-args`` are appended to every fit (e.g.
+(decoded rungs report ``test/acc_viterbi``). With ``--gpu`` each rung layers its GPU config
+(docs/speed.md, GPU recipes): ``configs/gpu.yaml`` on the MLP rungs, ``configs/gpu_recurrent.yaml``
+on the recurrent ones; the Conformer runs on the GPU as it is. ``--fit-args`` are appended to every fit (e.g.
 ``"--trainer.max_epochs 1"`` for a smoke run). Prints a Markdown table and writes
 ``OUT/ladder.json``. The test split must have labels (the replica's has).
 """
@@ -30,7 +32,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-ENSEMBLE_MEMBERS = ("recurrent", "recurrent_member", "strong_mlp")  # configs/ensemble.yaml's comment names them
+ENSEMBLE_MEMBERS = ("conformer", "recurrent")  # the pair configs/ensemble.yaml's comment names
+# With --gpu: the GPU config layered on each base config (docs/speed.md, GPU recipes); the Conformer has none.
+GPU_CONFIGS = {"baseline.yaml": "gpu.yaml", "strong_mlp.yaml": "gpu.yaml", "recurrent.yaml": "gpu_recurrent.yaml"}
+RUNGS = ("baseline", "strong_mlp", "recurrent", "recurrent_swept", "conformer", "ensemble")
 
 # Runs one timit_lit command and prints what the ladder needs as JSON on its last line.
 RUNNER = """
@@ -69,8 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a timit_11 folder whose test split has labels")
     parser.add_argument("--out", default="ladder_runs", help="one folder per rung under it")
-    parser.add_argument("--rungs", nargs="+", default=["baseline", "strong_mlp", "recurrent", "recurrent_member", "ensemble"])
-    parser.add_argument("--gpu", action="store_true", help="layer configs/gpu.yaml onto the MLP rungs")
+    parser.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=[*RUNGS, "recurrent_member"])
+    parser.add_argument("--gpu", action="store_true", help="layer each rung's GPU config (gpu.yaml, gpu_recurrent.yaml)")
     parser.add_argument("--fit-args", default="", help="extra arguments for every fit, one string")
     options = parser.parse_args()
     if "ensemble" in options.rungs and not set(ENSEMBLE_MEMBERS) <= set(options.rungs):
@@ -86,9 +91,9 @@ def main() -> None:
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         configs = ["--config", str(CONFIGS / config)] + [a for c in layered for a in ("--config", str(CONFIGS / c))]
+        if options.gpu and config in GPU_CONFIGS:
+            configs += ["--config", str(CONFIGS / GPU_CONFIGS[config])]
         config = " + ".join((config, *layered))
-        if options.gpu and not config.startswith("recurrent"):
-            configs += ["--config", str(CONFIGS / "gpu.yaml")]
         fit, fit_s = run(folder / "fit.log", "fit", *configs, *data, *quiet, *shlex.split(options.fit_args))
         best[name] = fit["best_path"]
         ckpt = ["--ckpt_path", fit["best_path"]]
@@ -107,8 +112,12 @@ def main() -> None:
         rung("strong_mlp", "strong_mlp.yaml", "viterbi.yaml")
     if "recurrent" in options.rungs:
         rung("recurrent", "recurrent.yaml", "viterbi_recurrent.yaml")
+    if "recurrent_swept" in options.rungs:
+        rung("recurrent_swept", "recurrent.yaml", "viterbi_recurrent.yaml", "recurrent_swept.yaml")
     if "recurrent_member" in options.rungs:
         rung("recurrent_member", "recurrent.yaml", "", "recurrent_member.yaml")
+    if "conformer" in options.rungs:
+        rung("conformer", "conformer.yaml", "viterbi_recurrent.yaml")
     if "ensemble" in options.rungs:
         folder = out / "ensemble"
         folder.mkdir(parents=True, exist_ok=True)
