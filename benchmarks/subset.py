@@ -6,7 +6,7 @@ files, cut at utterance starts (recovered from the rows' overlap), with their la
 Used for short comparisons (docs/scaling.md: one process or two on a CPU).
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,18 @@ from timit_lit.data.utterances import utterance_starts
 
 
 def main() -> None:
-    source, target = Path(sys.argv[1]), Path(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a timit_11 folder with labels for both files")
+    parser.add_argument("target", type=Path, help="the folder to write the subset into")
+    parser.add_argument("train_utterances", type=int)
+    parser.add_argument("test_utterances", type=int)
+    args = parser.parse_args()
+    source, target = args.source, args.target
+    for name in ("train_11.npy", "train_label_11.npy", "test_11.npy", "test_label_11.npy"):
+        if not (source / name).is_file():
+            parser.error(f"{source / name}: file not found")
     target.mkdir(parents=True, exist_ok=True)
-    for split, n_utterances in (("train", int(sys.argv[3])), ("test", int(sys.argv[4]))):
+    for split, n_utterances in (("train", args.train_utterances), ("test", args.test_utterances)):
         features = np.load(source / f"{split}_11.npy", mmap_mode="r")
         head = np.asarray(features[: 400 * (n_utterances + 2)])  # utterances are far shorter than 400 rows
         stop = int(utterance_starts(head)[n_utterances])
