@@ -35,7 +35,16 @@ CONFIGS = REPO / "configs"
 ENSEMBLE_MEMBERS = ("conformer", "recurrent")  # the pair configs/ensemble.yaml's comment names
 # With --gpu: the GPU config layered on each base config (docs/speed.md, GPU recipes); the Conformer has none.
 GPU_CONFIGS = {"baseline.yaml": "gpu.yaml", "strong_mlp.yaml": "gpu.yaml", "recurrent.yaml": "gpu_recurrent.yaml"}
-RUNGS = ("baseline", "strong_mlp", "recurrent", "recurrent_swept", "conformer", "ensemble")
+# Each fitted rung: (config, decoder layered for a second test or "", configs layered on the first), in order.
+FITTED = {
+    "baseline": ("baseline.yaml", ""),
+    "strong_mlp": ("strong_mlp.yaml", "viterbi.yaml"),
+    "recurrent": ("recurrent.yaml", "viterbi_recurrent.yaml"),
+    "recurrent_swept": ("recurrent.yaml", "viterbi_recurrent.yaml", "recurrent_swept.yaml"),
+    "recurrent_member": ("recurrent.yaml", "", "recurrent_member.yaml"),
+    "conformer": ("conformer.yaml", "viterbi_recurrent.yaml"),
+}
+RUNGS = ("baseline", "strong_mlp", "recurrent", "recurrent_swept", "conformer", "ensemble")  # the default
 
 # Runs one timit_lit command and prints what the ladder needs as JSON on its last line.
 RUNNER = """
@@ -74,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a timit_11 folder whose test split has labels")
     parser.add_argument("--out", default="ladder_runs", help="one folder per rung under it")
-    parser.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=[*RUNGS, "recurrent_member"])
+    parser.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=[*FITTED, "ensemble"])
     parser.add_argument("--gpu", action="store_true", help="layer each rung's GPU config (gpu.yaml, gpu_recurrent.yaml)")
     parser.add_argument("--fit-args", default="", help="extra arguments for every fit, one string")
     options = parser.parse_args()
@@ -106,18 +115,9 @@ def main() -> None:
             rows.append(dict(rung=f"{config} + {decoder}", test_acc=decoded["test/acc_viterbi"],
                              test_per=decoded.get("test/per_viterbi"), test_s=decoded_s))
 
-    if "baseline" in options.rungs:
-        rung("baseline", "baseline.yaml", "")
-    if "strong_mlp" in options.rungs:
-        rung("strong_mlp", "strong_mlp.yaml", "viterbi.yaml")
-    if "recurrent" in options.rungs:
-        rung("recurrent", "recurrent.yaml", "viterbi_recurrent.yaml")
-    if "recurrent_swept" in options.rungs:
-        rung("recurrent_swept", "recurrent.yaml", "viterbi_recurrent.yaml", "recurrent_swept.yaml")
-    if "recurrent_member" in options.rungs:
-        rung("recurrent_member", "recurrent.yaml", "", "recurrent_member.yaml")
-    if "conformer" in options.rungs:
-        rung("conformer", "conformer.yaml", "viterbi_recurrent.yaml")
+    for name, (config, decoder, *layered) in FITTED.items():
+        if name in options.rungs:
+            rung(name, config, decoder, *layered)
     if "ensemble" in options.rungs:
         folder = out / "ensemble"
         folder.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,10 @@ def main() -> None:
     for split, n_utterances in (("train", args.train_utterances), ("test", args.test_utterances)):
         features = np.load(source / f"{split}_11.npy", mmap_mode="r")
         head = np.asarray(features[: 400 * (n_utterances + 2)])  # utterances are far shorter than 400 rows
-        stop = int(utterance_starts(head)[n_utterances])
+        starts = utterance_starts(head)  # each utterance's first row, then the end
+        if len(starts) <= n_utterances:
+            parser.error(f"{source / f'{split}_11.npy'}: {len(starts) - 1} utterances, not {n_utterances}")
+        stop = int(starts[n_utterances])
         np.save(target / f"{split}_11.npy", head[:stop])
         np.save(target / f"{split}_label_11.npy", np.load(source / f"{split}_label_11.npy", mmap_mode="r")[:stop])
         print(f"{split}: {n_utterances} utterances, {stop:,} rows")
